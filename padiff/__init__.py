@@ -1,0 +1,22 @@
+"""padiff: prove that a model ported between PyTorch and PaddlePaddle computes the same thing.
+
+The core imports no framework; torch and paddle are reached through adapters, imported only
+when a user's object needs them.
+"""
+
+from .auto_diff import auto_diff
+from .compare.result import AlignResult, Finding, StepResult
+from .errors import PadiffError, PadiffInternalError
+from .options import Options, build_options
+from .reprod import ReprodDiffHelper, ReprodLogger, check_checkpoints
+from .weights.api import assign_weight
+from .weights.layer_map import LayerMap
+from .weights.rules import register_rule
+
+__all__ = [
+    "auto_diff", "assign_weight", "LayerMap", "register_rule",
+    "AlignResult", "Finding", "StepResult", "Options", "build_options",
+    "PadiffError", "PadiffInternalError",
+    "ReprodLogger", "ReprodDiffHelper", "check_checkpoints",
+]
+__version__ = "0.1.0"

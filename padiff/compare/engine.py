@@ -1,0 +1,95 @@
+"""Comparing paired traces and paired parameters; returns Findings, prints nothing."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, List, Tuple
+
+from ..record.trace import Node, TensorRecord
+from ..structure import show_id
+from .metrics import TensorDiff, compare_records, tolerance_for
+from .pairing import Pairing
+from .result import Finding
+
+
+def _compare_lists(ref: List[Tuple[str, TensorRecord]], test: List[Tuple[str, TensorRecord]], options,
+                   path: str, what: str) -> List[Tuple[str, TensorDiff]]:
+    """Pair two flattened nested values by position; a structure difference is a finding."""
+    out = []
+    if len(ref) != len(test):
+        ids_r = ", ".join(show_id(i, what) for i, _ in ref[:6]) or "nothing"
+        ids_t = ", ".join(show_id(i, what) for i, _ in test[:6]) or "nothing"
+        d = TensorDiff(False, (), (), "", "", None, problem="structure",
+                       detail=f"The {what}s are nested differently: reference has {len(ref)} "
+                              f"({ids_r}), tested has {len(test)} ({ids_t}).")
+        return [(what, d)]
+    for (id_r, rec_r), (id_t, rec_t) in zip(ref, test):
+        tol = tolerance_for(options, rec_t.dtype, rec_r.dtype, path)
+        out.append((show_id(id_r, what), compare_records(rec_t, rec_r, tol, options.compare_mode)))
+    return out
+
+
+def compare_forward(pairing: Pairing, ref_order: List[Node], options, step: int) -> List[Finding]:
+    findings = []
+    for a in ref_order:
+        b = pairing.partner.get(id(a))
+        if b is None:
+            continue
+        for what, diff in _compare_lists(a.outputs, b.outputs, options, a.path, "output"):
+            findings.append(Finding("forward", what, a.label(), b.label(), a.name, b.name, diff, step,
+                                    ref_node=a, test_node=b))
+    return findings
+
+
+def compare_backward(pairing: Pairing, ref_events: List[Tuple[Node, str]], options, step: int) -> List[Finding]:
+    findings = []
+    for a, kind in ref_events:
+        b = pairing.partner.get(id(a))
+        if b is None:
+            continue
+        ga, gb = (a.grad_out, b.grad_out) if kind == "exit" else (a.grad_in, b.grad_in)
+        what = "output gradient" if kind == "exit" else "input gradient"
+        if not ga and not gb:
+            continue
+        keys = [k for k in ga if k in gb]
+        one_sided = [k for k in list(ga) + list(gb) if (k in ga) != (k in gb)]
+        if one_sided and a.parent is not None:
+            k = one_sided[0]
+            has = "reference" if k in ga else "tested"
+            d = TensorDiff(False, (), (), "", "", None, problem="structure",
+                           detail=f"Only the {has} model's {show_id(k, what)} received a gradient: in the other "
+                                  "model this tensor does not reach the loss (a detach, no_grad, stop_gradient, "
+                                  "or an integer tensor?).")
+            findings.append(Finding("backward", show_id(k, what), a.label(), b.label(), a.name, b.name, d, step,
+                                    ref_node=a, test_node=b))
+        for k in keys:
+            tol = tolerance_for(options, gb[k].dtype, ga[k].dtype, a.path)
+            diff = compare_records(gb[k], ga[k], tol, options.compare_mode)
+            findings.append(Finding("backward", show_id(k, what), a.label(), b.label(), a.name, b.name, diff, step,
+                                    ref_node=a, test_node=b))
+    return findings
+
+
+def compare_links(links: Iterable, read_ref: Callable, read_test: Callable, stage: str, what: str,
+                  options, step: int, reprs: Callable = None) -> List[Finding]:
+    """Compare tensors through weight links: the reference (copy source) value is turned into
+    the tested model's layout by the link's rule, then compared."""
+    findings = []
+    for link in links:
+        ref_rec = read_ref(link)
+        test_rec = read_test(link)
+        if ref_rec is None and test_rec is None:
+            continue
+        if ref_rec is None or test_rec is None:
+            has = "reference" if ref_rec is not None else "tested"
+            diff = TensorDiff(False, (), (), "", "", None, problem="structure",
+                              detail=f"Only the {has} model has a {what} for this parameter (frozen on one side?).")
+        else:
+            ref_arr = link.converted.transform(ref_rec.array)
+            ref_conv = TensorRecord(ref_arr, ref_rec.dtype, tuple(ref_arr.shape))
+            tol = tolerance_for(options, test_rec.dtype, ref_rec.dtype, link.dst_path)
+            diff = compare_records(test_rec, ref_conv, tol, options.compare_mode)
+        ref_repr, test_repr = reprs(link) if reprs else ("", "")
+        findings.append(Finding(stage, f"{what} of {link.src_name}", link.src_path, link.dst_path,
+                                type(link.src_unit.layer).__name__, type(link.dst_unit.layer).__name__,
+                                diff, step, ref_repr=ref_repr, test_repr=test_repr))
+    return findings

@@ -1,0 +1,95 @@
+"""Pairing the calls of two traces.
+
+The two call trees are walked together from their roots; the children of paired calls are
+paired by call order. Where the counts differ, padiff retries with only the calls that
+hold weights (a ReLU module on one side and ``F.relu`` on the other is common) and notes
+which calls it left out; otherwise it stops with an error naming both layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+from ..errors import PadiffError
+from ..record.trace import Node, Trace
+
+
+@dataclass
+class Pairing:
+    pairs: List[Tuple[Node, Node]] = field(default_factory=list)  # (ref node, test node)
+    partner: Dict[int, Node] = field(default_factory=dict)  # id(ref node) -> test node
+    unpaired: List[Node] = field(default_factory=list)  # calls left out, either side
+    notes: List[str] = field(default_factory=list)
+
+    def add(self, a: Node, b: Node) -> None:
+        self.pairs.append((a, b))
+        self.partner[id(a)] = b
+
+
+def _visible_children(node: Node, skip: Callable[[Node], bool]) -> List[Node]:
+    """Children, with skipped calls (wrappers under PADIFF_SKIP_WRAP_LAYER, ignored layers)
+    replaced by their own visible children."""
+    out = []
+    for c in node.children:
+        if skip(c):
+            out.extend(_visible_children(c, skip))
+        else:
+            out.append(c)
+    return out
+
+
+def _describe(nodes: List[Node]) -> str:
+    names = [n.name for n in nodes[:8]]
+    more = f", ... ({len(nodes)} in all)" if len(nodes) > 8 else ""
+    return ", ".join(names) + more if names else "none"
+
+
+def pair_traces(ref: Trace, test: Trace, *, ref_label: str, test_label: str,
+                skip: Callable[[Node], bool] = lambda n: False,
+                leaf: Callable[[Node, Node], bool] = lambda a, b: False,
+                mapped: Optional[Dict[int, int]] = None) -> Pairing:
+    """Pair every call of ``ref`` with its counterpart in ``test``.
+
+    ``mapped`` holds explicit layer pairs (ref layer key -> test layer key) from a LayerMap:
+    the k-th call of a mapped ref layer pairs with the k-th call of its test partner, and
+    neither side's insides are compared.
+    """
+    if ref.root is None or test.root is None:
+        raise PadiffError("A model was not called: padiff saw no forward call of the root layer.")
+    result = Pairing()
+    mapped = mapped or {}
+
+    def visit(a: Node, b: Node):
+        result.add(a, b)
+        if leaf(a, b) or a.layer_key in mapped:
+            return
+        ca, cb = _visible_children(a, skip), _visible_children(b, skip)
+        if len(ca) != len(cb):
+            wa = [c for c in ca if c.has_params]
+            wb = [c for c in cb if c.has_params]
+            if len(wa) == len(wb) and wa:
+                left = [c for c in ca if not c.has_params] + [c for c in cb if not c.has_params]
+                result.unpaired.extend(left)
+                result.notes.append(
+                    f"Inside `{a.path}` the models call a different number of sublayers "
+                    f"({ref_label}: {len(ca)}, {test_label}: {len(cb)}); the calls without weights "
+                    f"({_describe(left)}) were left out of the comparison and the rest paired in order."
+                )
+                ca, cb = wa, wb
+            else:
+                raise PadiffError(
+                    "The two models are built differently: padiff pairs sublayer calls in the order "
+                    "they run, and their counts differ.\n"
+                    f"    {ref_label}: `{a.path}` calls {len(ca)}: {_describe(ca)}\n"
+                    f"    {test_label}: `{b.path}` calls {len(cb)}: {_describe(cb)}\n"
+                    "Make both forward passes call the same sublayers in the same order, or pair the "
+                    "differing parts with a LayerMap (layer_map.map = {a: b}) so they are compared as "
+                    "a whole."
+                )
+        for x, y in zip(ca, cb):
+            visit(x, y)
+
+    visit(ref.root, test.root)
+    return result
+

@@ -1,0 +1,112 @@
+"""Result objects: everything a report needs, and true when the models agree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from .metrics import TensorDiff
+
+STAGE_TITLES = {
+    "weights": "Weight Copy",
+    "input": "Inputs",
+    "forward": "Forward Stage",
+    "loss": "Loss",
+    "backward": "Backward Stage",
+    "grad": "Parameter Gradients",
+    "weight": "Weights After Optimizer Step",
+    "lr": "Learning Rate",
+}
+
+
+@dataclass
+class Finding:
+    """One comparison of two tensors (or values) with where they came from."""
+
+    stage: str  # a key of STAGE_TITLES
+    what: str  # "output", "output[0]", "output gradient[0]", "grad of weight", ...
+    ref_path: str
+    test_path: str
+    ref_type: str
+    test_type: str
+    diff: TensorDiff
+    step: int = 0
+    ref_node: object = None  # record.trace.Node of the reference model, when a layer call
+    test_node: object = None
+    ref_repr: str = ""  # layer reprs, for parameter findings
+    test_repr: str = ""
+    cause: str = ""  # what padiff concludes the difference means ("optimizer", "backward", ...)
+
+    @property
+    def passed(self) -> bool:
+        return self.diff.passed
+
+
+@dataclass
+class StepResult:
+    step: int
+    forward: List[Finding] = field(default_factory=list)
+    loss: Optional[Finding] = None
+    backward: List[Finding] = field(default_factory=list)
+    grads: List[Finding] = field(default_factory=list)
+    weights: List[Finding] = field(default_factory=list)
+    lr: List[Finding] = field(default_factory=list)
+    max_output_diff: float = 0.0
+    notes: List[str] = field(default_factory=list)
+    ref_trace: object = None
+    test_trace: object = None
+    pairing: object = None
+
+    def all_findings(self) -> List[Finding]:
+        loss = [self.loss] if self.loss is not None else []
+        return self.forward + loss + self.backward + self.grads + self.weights + self.lr
+
+    @property
+    def first_failure(self) -> Optional[Finding]:
+        """The first difference in the order padiff checks: forward (in execution order),
+        loss, backward (in the order backward runs), parameter gradients, weights, learning rate."""
+        for f in self.all_findings():
+            if not f.passed:
+                return f
+        return None
+
+    @property
+    def passed(self) -> bool:
+        return self.first_failure is None
+
+
+@dataclass(eq=False)
+class AlignResult:
+    """What ``auto_diff`` returns. True when the models agree; ``== False`` when not."""
+
+    passed: bool
+    steps: List[StepResult] = field(default_factory=list)
+    first: Optional[Finding] = None
+    options: object = None
+    ref_label: str = ""
+    test_label: str = ""
+    log_files: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    report: str = ""  # the text printed to the console
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, bool):
+            return self.passed == other
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    @property
+    def stage(self) -> Optional[str]:
+        return self.first.stage if self.first else None
+
+    def __repr__(self) -> str:
+        if self.passed:
+            return f"AlignResult(passed=True, steps={len(self.steps)})"
+        f = self.first
+        return (f"AlignResult(passed=False, stage={f.stage!r}, step={f.step}, "
+                f"ref={f.ref_path!r}, test={f.test_path!r})")

@@ -1,0 +1,160 @@
+"""PaddlePaddle adapter: thin wrappers around paddle calls. Every decision lives in the core."""
+
+from __future__ import annotations
+
+import numpy as np
+import paddle
+
+_CONTAINERS = (paddle.nn.Sequential, paddle.nn.LayerList, paddle.nn.LayerDict)
+_RANDOM = (paddle.nn.Dropout, paddle.nn.Dropout2D, paddle.nn.Dropout3D, paddle.nn.AlphaDropout)
+_NUMPY_OK = ("float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool",
+             "complex64", "complex128")
+
+
+class Adapter:
+    name = "paddle"
+    title = "Paddle"
+    supports_kwargs_hooks = True
+    supports_tensor_grad_hooks = True
+    linear_weight_layout = "in_out"  # Linear.weight is [in_features, out_features]
+    package_prefix = "paddle."
+
+    # --- objects -------------------------------------------------------------------------
+    def is_layer(self, obj) -> bool:
+        return isinstance(obj, paddle.nn.Layer)
+
+    def is_tensor(self, obj) -> bool:
+        return isinstance(obj, paddle.Tensor)
+
+    def is_builtin(self, layer) -> bool:
+        return type(layer).__module__.startswith("paddle.")
+
+    def is_container(self, layer) -> bool:
+        return isinstance(layer, _CONTAINERS)
+
+    def named_children(self, layer):
+        return list(layer.named_children())
+
+    def own_params(self, layer):
+        return list(layer.named_parameters(include_sublayers=False))
+
+    def own_buffers(self, layer):
+        return list(layer.named_buffers(include_sublayers=False))
+
+    def all_params(self, layer):
+        return list(layer.named_parameters())
+
+    def all_buffers(self, layer):
+        return list(layer.named_buffers())
+
+    def is_training(self, layer) -> bool:
+        return layer.training
+
+    def random_layer_p(self, layer):
+        if isinstance(layer, _RANDOM):
+            return float(layer.p)
+        return None
+
+    def forward_callable(self, layer):
+        return layer.forward
+
+    def layer_repr(self, layer) -> str:
+        return f"{type(layer).__name__}({layer.extra_repr()})"
+
+    # --- hooks ---------------------------------------------------------------------------
+    def add_forward_hooks(self, layer, pre, post):
+        h1 = layer.register_forward_pre_hook(pre, with_kwargs=True)
+        try:
+            h2 = layer.register_forward_post_hook(post, with_kwargs=True)
+        except BaseException:
+            h1.remove()
+            raise
+        return [h1, h2]
+
+    def add_grad_hook(self, tensor, fn):
+        def hook(grad):
+            fn(grad)
+        return tensor.register_hook(hook)
+
+    def remove_hook(self, handle) -> None:
+        handle.remove()
+
+    # --- tensors -------------------------------------------------------------------------
+    def to_numpy(self, tensor) -> np.ndarray:
+        t = tensor.detach()
+        if self.dtype_name(t) not in _NUMPY_OK:
+            t = t.astype("float32")
+        return t.cpu().numpy() if not t.place.is_cpu_place() else t.numpy()
+
+    def dtype_name(self, tensor) -> str:
+        return str(tensor.dtype).replace("paddle.", "")
+
+    def shape(self, tensor):
+        return tuple(tensor.shape)
+
+    def requires_grad(self, tensor) -> bool:
+        return not tensor.stop_gradient
+
+    def is_floating(self, tensor) -> bool:
+        return tensor.is_floating_point() or tensor.is_complex()
+
+    def device_name(self, tensor) -> str:
+        return str(tensor.place)
+
+    def from_numpy_like(self, array, like):
+        out = paddle.to_tensor(np.ascontiguousarray(array), place=like.place)
+        return out.astype(like.dtype) if out.dtype != like.dtype else out
+
+    def detach_requires_grad(self, tensor):
+        out = tensor.detach().clone()
+        out.stop_gradient = not tensor.is_floating_point()
+        return out
+
+    # --- autograd ------------------------------------------------------------------------
+    def default_loss(self, tensors):
+        total = None
+        for t in tensors:
+            term = t.astype("float32").mean() if self.dtype_name(t) != "float64" else t.mean()
+            total = term if total is None else total + term
+        return total
+
+    def backward(self, loss, grad=None) -> None:
+        if grad is None:
+            loss.backward()
+        else:
+            paddle.autograd.backward(loss, grad)
+
+    def param_grad(self, param):
+        return param.grad
+
+    def set_grad(self, param, grad) -> None:
+        if grad is None:
+            param.clear_gradient(False)
+        else:
+            param._set_grad_ivar(grad)
+
+    def no_grad(self):
+        return paddle.no_grad()
+
+    def set_value(self, param, array: np.ndarray) -> None:
+        param.set_value(np.ascontiguousarray(array).astype(self.numpy_dtype(param)))
+
+    def numpy_dtype(self, tensor):
+        name = self.dtype_name(tensor)
+        return name if name in _NUMPY_OK else "float32"
+
+    def scalar(self, tensor) -> float:
+        return float(tensor.detach().astype("float32").item())
+
+    # --- optimizers ----------------------------------------------------------------------
+    def is_optimizer(self, obj) -> bool:
+        return isinstance(obj, paddle.optimizer.Optimizer)
+
+    def optimizer_step(self, opt) -> None:
+        opt.step()
+
+    def optimizer_zero_grad(self, opt) -> None:
+        opt.clear_grad(set_to_zero=False)
+
+    def optimizer_lr(self, opt):
+        return [float(opt.get_lr())]

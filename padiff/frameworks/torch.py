@@ -1,0 +1,157 @@
+"""PyTorch adapter: thin wrappers around torch calls. Every decision lives in the core."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+_NUMPY_OK = (torch.float16, torch.float32, torch.float64, torch.int8, torch.int16, torch.int32,
+             torch.int64, torch.uint8, torch.bool, torch.complex64, torch.complex128)
+_CONTAINERS = (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)
+_RANDOM = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d,
+           torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)
+
+
+class Adapter:
+    name = "torch"
+    title = "Torch"
+    # Capabilities, as data.
+    supports_kwargs_hooks = True
+    supports_tensor_grad_hooks = True
+    linear_weight_layout = "out_in"  # Linear.weight is [out_features, in_features]
+    package_prefix = "torch."
+
+    # --- objects -------------------------------------------------------------------------
+    def is_layer(self, obj) -> bool:
+        return isinstance(obj, torch.nn.Module)
+
+    def is_tensor(self, obj) -> bool:
+        return isinstance(obj, torch.Tensor)
+
+    def is_builtin(self, layer) -> bool:
+        return type(layer).__module__.startswith("torch.")
+
+    def is_container(self, layer) -> bool:
+        return isinstance(layer, _CONTAINERS)
+
+    def named_children(self, layer):
+        return list(layer.named_children())
+
+    def own_params(self, layer):
+        return list(layer.named_parameters(recurse=False))
+
+    def own_buffers(self, layer):
+        return list(layer.named_buffers(recurse=False))
+
+    def all_params(self, layer):
+        return list(layer.named_parameters())
+
+    def all_buffers(self, layer):
+        return list(layer.named_buffers())
+
+    def is_training(self, layer) -> bool:
+        return layer.training
+
+    def random_layer_p(self, layer):
+        """Drop probability of a layer that is random in train mode, else None."""
+        if isinstance(layer, _RANDOM):
+            return float(layer.p)
+        return None
+
+    def forward_callable(self, layer):
+        return layer.forward
+
+    def layer_repr(self, layer) -> str:
+        text = f"{type(layer).__name__}({layer.extra_repr()})"
+        return text
+
+    # --- hooks ---------------------------------------------------------------------------
+    def add_forward_hooks(self, layer, pre, post):
+        """pre(layer, args, kwargs), post(layer, args, kwargs, output); returns handles."""
+        h1 = layer.register_forward_pre_hook(pre, with_kwargs=True)
+        try:
+            h2 = layer.register_forward_hook(post, with_kwargs=True)
+        except BaseException:
+            h1.remove()
+            raise
+        return [h1, h2]
+
+    def add_grad_hook(self, tensor, fn):
+        def hook(grad):
+            fn(grad)
+        return tensor.register_hook(hook)
+
+    def remove_hook(self, handle) -> None:
+        handle.remove()
+
+    # --- tensors -------------------------------------------------------------------------
+    def to_numpy(self, tensor) -> np.ndarray:
+        t = tensor.detach()
+        if t.dtype not in _NUMPY_OK:
+            t = t.float()  # bfloat16, float8, ...: numpy has no such type
+        return t.cpu().numpy()
+
+    def dtype_name(self, tensor) -> str:
+        return str(tensor.dtype).replace("torch.", "")
+
+    def shape(self, tensor):
+        return tuple(tensor.shape)
+
+    def requires_grad(self, tensor) -> bool:
+        return bool(tensor.requires_grad)
+
+    def is_floating(self, tensor) -> bool:
+        return tensor.is_floating_point() or tensor.is_complex()
+
+    def device_name(self, tensor) -> str:
+        return str(tensor.device)
+
+    def from_numpy_like(self, array, like):
+        return torch.as_tensor(np.ascontiguousarray(array)).to(dtype=like.dtype, device=like.device)
+
+    def detach_requires_grad(self, tensor):
+        """A fresh leaf with the same value that records its gradient."""
+        return tensor.detach().clone().requires_grad_(tensor.is_floating_point())
+
+    # --- autograd ------------------------------------------------------------------------
+    def default_loss(self, tensors):
+        total = None
+        for t in tensors:
+            term = t.float().mean() if t.dtype != torch.float64 else t.mean()
+            total = term if total is None else total + term
+        return total
+
+    def backward(self, loss, grad=None) -> None:
+        if grad is None:
+            loss.backward()
+        else:
+            torch.autograd.backward(loss, grad)
+
+    def param_grad(self, param):
+        return param.grad
+
+    def set_grad(self, param, grad) -> None:
+        param.grad = grad
+
+    def no_grad(self):
+        return torch.no_grad()
+
+    def set_value(self, param, array: np.ndarray) -> None:
+        with torch.no_grad():
+            param.copy_(torch.as_tensor(np.ascontiguousarray(array)).to(dtype=param.dtype, device=param.device))
+
+    def scalar(self, tensor) -> float:
+        return float(tensor.detach().float().cpu().item())
+
+    # --- optimizers ----------------------------------------------------------------------
+    def is_optimizer(self, obj) -> bool:
+        return isinstance(obj, torch.optim.Optimizer)
+
+    def optimizer_step(self, opt) -> None:
+        opt.step()
+
+    def optimizer_zero_grad(self, opt) -> None:
+        opt.zero_grad(set_to_none=True)
+
+    def optimizer_lr(self, opt):
+        return [float(g["lr"]) for g in opt.param_groups]

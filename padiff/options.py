@@ -1,0 +1,191 @@
+"""One immutable settings object, built once from keyword arguments, the ``options`` dict
+and the environment switches of the seeds, then passed down. Nothing else reads
+``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Tuple
+
+from .errors import PadiffError
+
+COMPARE_MODES = ("strict", "mean", "abs_mean")
+DIFF_PHASES = ("forward", "backward", "both")
+REPORT_KINDS = ("text", "html")
+
+# Spellings users' scripts carry (seeds 001/002) mapped to the field they mean.
+_ALIASES = {
+    "auto_init": "auto_weights",
+    "auto_weight": "auto_weights",
+}
+
+_ON = ("1", "on", "true", "yes")
+_OFF = ("0", "off", "false", "no")
+
+
+def _env_flag(env: Mapping[str, str], names, default: bool) -> bool:
+    for name in names:
+        raw = env.get(name)
+        if raw is None or raw == "":
+            continue
+        low = raw.strip().lower()
+        if low in _ON:
+            return True
+        if low in _OFF:
+            return False
+        raise PadiffError(
+            f"Environment variable {name}={raw!r} is not understood: use ON or OFF."
+        )
+    return default
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything that steers one padiff run. Frozen: build a new one to change it."""
+
+    atol: Optional[float] = None  # None: the per-dtype, scale-aware default
+    rtol: Optional[float] = None
+    compare_mode: str = "strict"
+    diff_phase: str = "both"
+    single_step: bool = False
+    auto_weights: bool = True
+    steps: int = 1
+    log_dir: str = "padiff_log"
+    report: str = "text"
+    api_check: bool = True
+    skip_wrap_layer: bool = False
+    path_log: bool = False
+    thirdparty_api: Tuple[str, ...] = ()
+    # Per-layer overrides: tuple of (fnmatch pattern on the dotted path, atol, rtol).
+    layer_tolerances: Tuple[Tuple[str, Optional[float], Optional[float]], ...] = ()
+    # Per-dtype overrides: tuple of (dtype name, atol, rtol).
+    dtype_tolerances: Tuple[Tuple[str, Optional[float], Optional[float]], ...] = ()
+    tree_inline_lines: int = 60
+    use_loss: bool = False
+    use_opt: bool = False
+
+    @property
+    def check_forward(self) -> bool:
+        return self.diff_phase in ("forward", "both")
+
+    @property
+    def check_backward(self) -> bool:
+        return self.diff_phase in ("backward", "both")
+
+    def shown(self) -> dict:
+        """The options a user sees in the "Your options" block."""
+        shown = {
+            "atol": "auto" if self.atol is None else self.atol,
+            "rtol": "auto" if self.rtol is None else self.rtol,
+            "compare_mode": self.compare_mode,
+            "diff_phase": self.diff_phase,
+            "single_step": self.single_step,
+            "auto_weights": self.auto_weights,
+            "steps": self.steps,
+            "use_loss": self.use_loss,
+            "use_opt": self.use_opt,
+        }
+        return shown
+
+
+_FIELDS = {f.name for f in dataclasses.fields(Options)}
+# Set by padiff itself from the call, not by users in ``options``.
+_DERIVED = {"use_loss", "use_opt"}
+
+
+def _tolerance_table(value, what):
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise PadiffError(
+            f"Option {what} must be a dict like {{'encoder.*': {{'atol': 1e-3, 'rtol': 1e-4}}}}, "
+            f"got {type(value).__name__}."
+        )
+    rows = []
+    for key, tol in value.items():
+        if isinstance(tol, (int, float)):
+            rows.append((str(key), float(tol), None))
+        elif isinstance(tol, Mapping) and set(tol) <= {"atol", "rtol"}:
+            atol, rtol = tol.get("atol"), tol.get("rtol")
+            rows.append((str(key), None if atol is None else float(atol), None if rtol is None else float(rtol)))
+        else:
+            raise PadiffError(
+                f"Option {what}[{key!r}] must be a number (atol) or a dict with 'atol'/'rtol', got {tol!r}."
+            )
+    return tuple(rows)
+
+
+def build_options(
+    options: Optional[Mapping] = None,
+    env: Optional[Mapping[str, str]] = None,
+    **kwargs,
+) -> Options:
+    """Merge keyword options (seed 001 style), the ``options`` dict (seed 002 style) and the
+    environment switches into one frozen :class:`Options`. Keywords win over the dict."""
+    env = os.environ if env is None else env
+    merged = {}
+    for source in (options or {}), kwargs:
+        if not isinstance(source, Mapping):
+            raise PadiffError(f"`options` must be a dict, got {type(source).__name__}.")
+        for key, value in source.items():
+            key = _ALIASES.get(key, key)
+            merged[key] = value
+    unknown = sorted(k for k in merged if k not in _FIELDS or k in _DERIVED)
+    for key in unknown:
+        close = difflib.get_close_matches(key, sorted(_FIELDS - _DERIVED), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise PadiffError(f"Unknown option {key!r}.{hint} Known options: {', '.join(sorted(_FIELDS - _DERIVED))}.")
+
+    values = {}
+    for key in ("atol", "rtol"):
+        if merged.get(key) is not None:
+            try:
+                values[key] = float(merged[key])
+            except (TypeError, ValueError):
+                raise PadiffError(f"Option {key} must be a number, got {merged[key]!r}.") from None
+            if values[key] < 0:
+                raise PadiffError(f"Option {key} must be >= 0, got {values[key]}.")
+    for key, choices in (("compare_mode", COMPARE_MODES), ("diff_phase", DIFF_PHASES), ("report", REPORT_KINDS)):
+        if key in merged:
+            if merged[key] not in choices:
+                raise PadiffError(f"Option {key}={merged[key]!r} is not one of {', '.join(choices)}.")
+            values[key] = merged[key]
+    for key in ("single_step", "auto_weights", "api_check", "skip_wrap_layer", "path_log"):
+        if key in merged:
+            values[key] = bool(merged[key])
+    if "steps" in merged:
+        steps = merged["steps"]
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise PadiffError(f"Option steps must be a whole number >= 1, got {steps!r}.")
+        values["steps"] = steps
+    if "tree_inline_lines" in merged:
+        values["tree_inline_lines"] = int(merged["tree_inline_lines"])
+    if "thirdparty_api" in merged:
+        values["thirdparty_api"] = tuple(merged["thirdparty_api"])
+    values["layer_tolerances"] = _tolerance_table(merged.get("layer_tolerances"), "layer_tolerances")
+    values["dtype_tolerances"] = _tolerance_table(merged.get("dtype_tolerances"), "dtype_tolerances")
+
+    # Environment switches (seed 001): read here, once.
+    if "log_dir" in merged:
+        values["log_dir"] = str(merged["log_dir"])
+    elif env.get("PADIFF_LOG_DIR"):
+        values["log_dir"] = env["PADIFF_LOG_DIR"]
+    if "api_check" not in values:
+        values["api_check"] = _env_flag(env, ("PADIFF_API_CHECK",), True)
+    if "skip_wrap_layer" not in values:
+        values["skip_wrap_layer"] = _env_flag(env, ("PADIFF_SKIP_WRAP_LAYER", "PADIFF_SIKP_WRAP_LAYER"), False)
+    if "path_log" not in values:
+        values["path_log"] = _env_flag(env, ("PADIFF_PATH_LOG",), False)
+    if "thirdparty_api" not in values and env.get("PADDLE_THIRDPARTY_API"):
+        values["thirdparty_api"] = tuple(
+            s.strip() for s in env["PADDLE_THIRDPARTY_API"].split(",") if s.strip()
+        )
+    return Options(**values)
+
+
+def with_changes(opts: Options, **changes) -> Options:
+    return dataclasses.replace(opts, **changes)

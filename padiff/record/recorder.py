@@ -1,0 +1,220 @@
+"""Recording a model run into a :class:`Trace`, through a framework adapter.
+
+A :class:`Recorder` is a context manager: it installs forward hooks on every layer it
+traces on entry and removes every hook (forward and gradient) on exit, whatever happened
+in between.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Callable, Dict, List, Optional
+
+from ..errors import PadiffError, PadiffInternalError
+from ..structure import flatten
+from .trace import Node, SourceFrame, TensorRecord, Trace
+
+_PADIFF_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _is_internal_file(filename: str, prefixes) -> bool:
+    if filename.startswith(_PADIFF_DIR) or filename.startswith("<"):
+        return True
+    return any(p in filename for p in prefixes)
+
+
+def user_frames(internal_dirs, stop_frame=None, limit: int = 12):
+    """The caller's stack trimmed to the user's own frames, outermost first, from the model
+    call (``stop_frame``, padiff's own frame that called the model) inwards."""
+    frames = []
+    f = sys._getframe(2)
+    while f is not None and f is not stop_frame and len(frames) < limit:
+        fn = f.f_code.co_filename
+        if not _is_internal_file(fn, internal_dirs):
+            frames.append(SourceFrame(fn, f.f_lineno, f.f_code.co_name))
+        f = f.f_back
+    frames.reverse()
+    return tuple(frames)
+
+
+class LayerWalk:
+    """The layers of a model that get traced, with their dotted paths.
+
+    Framework built-in layers (``torch.nn.Linear``, ``paddle.nn.MultiHeadAttention``) are
+    leaves: their insides differ between frameworks, so they are compared as a whole.
+    Containers (Sequential, ModuleList/LayerList, ...) and user layers are walked into.
+    """
+
+    def __init__(self, adapter, model, root_name: str, stop_at: Callable = None):
+        self.adapter = adapter
+        self.layers: Dict[int, object] = {}
+        self.paths: Dict[int, str] = {}
+        self.order: List[int] = []
+        self._walk(model, root_name, stop_at)
+
+    def _walk(self, layer, path, stop_at):
+        key = id(layer)
+        if key in self.paths:
+            return  # a shared layer keeps its first path
+        self.layers[key] = layer
+        self.paths[key] = path
+        self.order.append(key)
+        ad = self.adapter
+        if ad.is_builtin(layer) and not ad.is_container(layer):
+            return
+        if stop_at is not None and stop_at(layer):
+            return
+        for name, child in ad.named_children(layer):
+            self._walk(child, f"{path}.{name}", stop_at)
+
+    def has_params(self, key: int) -> bool:
+        layer = self.layers[key]
+        return bool(self.adapter.all_params(layer))
+
+
+class Recorder:
+    """Records one model's forward (and, when asked, its gradients) into ``self.trace``.
+
+    Use as ``with Recorder(...) as rec: out = rec.run(inputs)``; then run the backward
+    inside the ``with`` so gradient hooks fire; everything is removed on exit.
+    """
+
+    def __init__(self, adapter, model, root_name: str, *, grads: bool, keep_inputs: bool = False,
+                 stop_at: Callable = None, skip_wrap: bool = False):
+        self.adapter = adapter
+        self.model = model
+        self.grads = grads
+        self.keep_inputs = keep_inputs
+        self.skip_wrap = skip_wrap
+        self.walk = LayerWalk(adapter, model, root_name, stop_at)
+        self.trace = Trace(adapter.name, root_name)
+        self._handles: List = []
+        self._stack: List[Node] = []
+        self._seq = 0
+        self._calls: Dict[int, int] = {}
+        self._active = False
+        self._run_frame = None
+        self._internal = (os.sep + "torch" + os.sep, os.sep + "paddle" + os.sep)
+
+    # --- context manager ---------------------------------------------------------------
+    def __enter__(self):
+        if self._active:
+            raise PadiffInternalError("Recorder entered twice")
+        self._active = True
+        try:
+            for key in self.walk.order:
+                layer = self.walk.layers[key]
+                pre, post = self._make_hooks(key)
+                self._handles.extend(self.adapter.add_forward_hooks(layer, pre, post))
+        except BaseException:
+            self._remove_all()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self._remove_all()
+        return False
+
+    def __del__(self):
+        if getattr(self, "_handles", None):
+            warnings.warn("padiff Recorder was never closed; removing its hooks now.")
+            self._remove_all()
+
+    def _remove_all(self):
+        handles, self._handles = self._handles, []
+        errors = []
+        for h in handles:
+            try:
+                self.adapter.remove_hook(h)
+            except Exception as e:  # keep removing the rest; report after
+                errors.append(e)
+        self._active = False
+        if errors:
+            raise PadiffInternalError(f"could not remove {len(errors)} hooks: {errors[0]!r}")
+
+    # --- running -------------------------------------------------------------------------
+    def current_path(self) -> Optional[str]:
+        return self._stack[-1].path if self._stack else None
+
+    def run(self, call: Callable[[], object], side: str):
+        """Run the model through ``call``; a model that raises becomes a PadiffError that names
+        the innermost layer that was running."""
+        self._run_frame = sys._getframe()
+        try:
+            return call()
+        except PadiffError:
+            raise
+        except Exception as exc:
+            where = self.current_path() or self.trace.model_name
+            raise PadiffError(
+                f"The {side} model raised {type(exc).__name__} inside layer `{where}`: {exc}\n"
+                "Fix the model or its inputs and run again (the traceback above shows the line)."
+            ) from exc
+        finally:
+            self._stack.clear()
+            self._run_frame = None
+
+    # --- hooks ---------------------------------------------------------------------------
+    def _record(self, value) -> TensorRecord:
+        ad = self.adapter
+        if ad.is_tensor(value):
+            return TensorRecord(ad.to_numpy(value), ad.dtype_name(value), ad.shape(value))
+        return TensorRecord.plain(value)
+
+    def _grab_grad(self, store: dict, key: str):
+        ad = self.adapter
+
+        def on_grad(grad):
+            if grad is not None:
+                store[key] = TensorRecord(ad.to_numpy(grad), ad.dtype_name(grad), ad.shape(grad))
+
+        return on_grad
+
+    def _make_hooks(self, key: int):
+        ad = self.adapter
+        path = self.walk.paths[key]
+        name = type(self.walk.layers[key]).__name__
+        has_params = self.walk.has_params(key)
+
+        def pre(layer, args, kwargs):
+            parent = self._stack[-1] if self._stack else None
+            count = self._calls.get(key, 0)
+            self._calls[key] = count + 1
+            node = Node(index=len(self.trace.nodes), kind="net", name=name, path=path, layer_key=key,
+                        parent=parent, has_params=has_params, call_count=count)
+            node.enter_seq = self._seq
+            self._seq += 1
+            node.frames = user_frames(self._internal, self._run_frame)
+            if parent is None:
+                if self.trace.root is None:
+                    self.trace.root = node
+            else:
+                parent.children.append(node)
+            self.trace.nodes.append(node)
+            self._stack.append(node)
+            if self.grads or self.keep_inputs:
+                leaves = flatten((args, kwargs or {}), ad.is_tensor)
+                for id_path, leaf in leaves:
+                    if not ad.is_tensor(leaf):
+                        continue
+                    if self.keep_inputs:
+                        node.inputs.append((id_path, self._record(leaf)))
+                    if self.grads and ad.requires_grad(leaf):
+                        self._handles.append(ad.add_grad_hook(leaf, self._grab_grad(node.grad_in, id_path)))
+            return None
+
+        def post(layer, args, kwargs, output):
+            if not self._stack or self._stack[-1].layer_key != key:
+                raise PadiffInternalError(f"forward hooks out of order at {path}")
+            node = self._stack.pop()
+            node.exit_seq = self._seq
+            self._seq += 1
+            for id_path, leaf in flatten(output, ad.is_tensor):
+                node.outputs.append((id_path, self._record(leaf)))
+                if self.grads and ad.is_tensor(leaf) and ad.requires_grad(leaf):
+                    self._handles.append(ad.add_grad_hook(leaf, self._grab_grad(node.grad_out, id_path)))
+            return None
+
+        return pre, post

@@ -1,0 +1,106 @@
+"""The framework-neutral record of one model run: a tree of calls with their tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+
+@dataclass
+class TensorRecord:
+    """One recorded value: a numpy copy of a tensor, or a plain (non-tensor) value."""
+
+    array: Optional[np.ndarray]  # None for non-tensor values
+    dtype: str  # the framework's dtype name ("float32", "bfloat16", ...) or the Python type
+    shape: Tuple[int, ...] = ()
+    value: Any = None  # the plain value when array is None
+    is_tensor: bool = True
+
+    @classmethod
+    def plain(cls, value) -> "TensorRecord":
+        if isinstance(value, (bool, int, float, complex, np.generic)):
+            return cls(np.asarray(value), type(value).__name__, (), value, False)
+        if isinstance(value, np.ndarray):
+            return cls(value.copy(), str(value.dtype), tuple(value.shape), None, False)
+        return cls(None, type(value).__name__, (), value, False)
+
+
+@dataclass(frozen=True)
+class SourceFrame:
+    filename: str
+    lineno: int
+    function: str
+
+    def line_text(self) -> str:
+        import linecache
+
+        return linecache.getline(self.filename, self.lineno).strip()
+
+    def __str__(self) -> str:
+        return f"{self.filename}:{self.lineno} in {self.function}"
+
+
+@dataclass(eq=False)
+class Node:
+    """One call of a layer ("net") or of a framework function ("api")."""
+
+    index: int  # position in call (enter) order within its trace
+    kind: str  # "net" or "api"
+    name: str  # layer class name or API name
+    path: str  # dotted path of the layer: "SimpleModule.block.linear1"
+    layer_key: int  # identity of the layer object within the run (id())
+    parent: Optional["Node"] = None
+    children: List["Node"] = field(default_factory=list)
+    enter_seq: int = -1
+    exit_seq: int = -1
+    has_params: bool = False
+    outputs: List[Tuple[str, TensorRecord]] = field(default_factory=list)
+    inputs: List[Tuple[str, TensorRecord]] = field(default_factory=list)
+    grad_out: Dict[str, TensorRecord] = field(default_factory=dict)
+    grad_in: Dict[str, TensorRecord] = field(default_factory=dict)
+    frames: Tuple[SourceFrame, ...] = ()  # user's frames, outermost first, ending at the call
+    call_count: int = 0  # how many times this layer was called before this call
+
+    def walk(self):
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+    @property
+    def depth(self) -> int:
+        d, p = 0, self.parent
+        while p is not None:
+            d, p = d + 1, p.parent
+        return d
+
+    def label(self) -> str:
+        return f"{self.path}" if self.call_count == 0 else f"{self.path} (call {self.call_count + 1})"
+
+
+@dataclass
+class Trace:
+    """A run of one model: its framework, the root call, and every node in call order."""
+
+    framework: str
+    model_name: str
+    root: Optional[Node] = None
+    nodes: List[Node] = field(default_factory=list)
+    loss: Optional[TensorRecord] = None
+
+    def exit_order(self) -> List[Node]:
+        return sorted((n for n in self.nodes if n.exit_seq >= 0), key=lambda n: n.exit_seq)
+
+    def backward_events(self) -> List[Tuple[Node, str]]:
+        """The order in which backward reaches each node: the forward timeline reversed.
+        An "exit" event carries the node's output gradient, an "enter" event its input
+        gradient; so a layer whose own backward is wrong is met before its callers."""
+        events = []
+        for n in self.nodes:
+            if n.enter_seq >= 0:
+                events.append((n.enter_seq, n, "enter"))
+            if n.exit_seq >= 0:
+                events.append((n.exit_seq, n, "exit"))
+        events.sort(key=lambda e: e[0], reverse=True)
+        return [(n, kind) for _, n, kind in events]

@@ -1,0 +1,145 @@
+"""Console text and log files of an auto_diff run, rendered from result objects.
+
+A renderer never decides anything: every verdict comes from ``compare``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Sequence
+
+from ..compare.result import STAGE_TITLES, Finding, StepResult
+from ..errors import PadiffError
+from .tree import HERE, focus_nodes, trace_tree
+
+P = "[AutoDiff]"
+
+
+def options_block(shown: dict) -> List[str]:
+    lines = [f"{P} Your options:", "{"]
+    for k, v in shown.items():
+        lines.append(f"  {k}: `{v}`")
+    lines.append("}")
+    return lines
+
+
+def step_header(step: int) -> str:
+    return f"{P} =================Train Step {step}================="
+
+
+def ensure_log_dir(log_dir: str) -> str:
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        probe = os.path.join(log_dir, ".padiff_write_test")
+        with open(probe, "w") as fh:
+            fh.write("")
+        os.remove(probe)
+    except OSError as e:
+        raise PadiffError(
+            f"Cannot write padiff's log folder `{log_dir}`: {e.strerror or e}. "
+            "Choose a writable folder with options={'log_dir': ...} or the PADIFF_LOG_DIR environment variable."
+        ) from None
+    return log_dir
+
+
+def write_log(log_dir: str, name: str, lines: Sequence[str]) -> str:
+    ensure_log_dir(log_dir)
+    path = os.path.join(log_dir, name)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return path
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-()" else "_" for c in name)
+
+
+def stack_lines(node, title: str) -> List[str]:
+    lines = [f"{title} Stacks:", "=" * 25]
+    frames = getattr(node, "frames", ()) or ()
+    if not frames:
+        lines.append("    (no frames of your own code: the call came from inside the framework)")
+    for fr in frames[-6:]:
+        lines.append(f'  File "{fr.filename}", line {fr.lineno}, in {fr.function}')
+        text = fr.line_text()
+        if text:
+            lines.append(f"    {text}")
+    return lines
+
+
+def failure_block(finding: Finding, step: StepResult, *, ref_side, test_side, first_is_ref: bool,
+                  options, log_dir: str) -> (List[str], List[str]):
+    """Lines printed for the first difference, and the log files written for it."""
+    f = finding
+    files: List[str] = []
+    stage = STAGE_TITLES.get(f.stage, f.stage)
+    lines = [f"{P} FAILED !!!", f"{P}     Diff found in {stage} in step {f.step}"]
+    if f.cause:
+        lines.append(f"{P}     {f.cause}")
+    order = [(ref_side, f.ref_path, f.ref_type), (test_side, f.test_path, f.test_type)]
+    if not first_is_ref:
+        order.reverse()
+    lines.append(f"{P}     Type of layer is: {order[0][2]} vs {order[1][2]}")
+    w = max(len(order[0][1]), len(order[1][1]))
+    lines.append(f"{P}     Route: {order[0][1]:<{w}}  ({order[0][0].label})")
+    lines.append(f"{P}            {order[1][1]:<{w}}  ({order[1][0].label})")
+    lines.append(f"{P}     Compared: {f.what}")
+    lines.append("")
+    lines.extend(f.diff.message().splitlines())
+    lines.append("")
+    if f.ref_node is not None and step.ref_trace is not None:
+        trees = []
+        for side, trace, node in ((ref_side, step.ref_trace, f.ref_node), (test_side, step.test_trace, f.test_node)):
+            trees.append((side, trace_tree(trace, here_node=node, title=side.title, show_path=options.path_log)))
+        if not first_is_ref:
+            trees.reverse()
+        total = sum(len(t) for _, t in trees)
+        lines.append(f"{P} Check model struct:")
+        if total <= options.tree_inline_lines:
+            for _, t in trees:
+                lines.extend(t)
+        else:
+            for side, t in trees:
+                files.append(write_log(log_dir, f"report_{_safe(side.label)}.log", t))
+            for side, trace, node in ((ref_side, step.ref_trace, f.ref_node), (test_side, step.test_trace, f.test_node)):
+                keep = focus_nodes(node)
+                lines.extend(trace_tree(trace, here_node=node, title=side.title + " (around the diff)",
+                                        show_path=options.path_log, include=lambda n: id(n) in keep))
+            lines.append("Logs: " + files[0])
+            lines.extend("      " + p for p in files[1:])
+        lines.append("")
+        for side, node in ((ref_side, f.ref_node), (test_side, f.test_node)):
+            lines.extend(stack_lines(node, side.adapter.title))
+        lines.append("")
+    elif f.ref_repr or f.test_repr:
+        lines.append(f"{P}     Layers: {f.ref_repr}  ({ref_side.label})")
+        lines.append(f"{P}             {f.test_repr}  ({test_side.label})")
+    lines.append(f"{P} The {stage.lower()} comparing failed !!!" if f.stage in ("forward", "backward")
+                 else f"{P} FAILED !!!")
+    return lines, files
+
+
+def param_blocks(findings: List[Finding], *, heading: str, ref_side, test_side) -> List[str]:
+    """Seed-style blocks of weight_diff.log / grad_diff.log, one per differing parameter."""
+    lines = []
+    for f in findings:
+        if f.passed:
+            continue
+        lines += [
+            "=========================",
+            heading,
+            f"between {test_side.label}: `{f.test_repr}`, {ref_side.label}: `{f.ref_repr}`",
+            f"{test_side.label} path:",
+            f"    {f.test_path}",
+            f"{ref_side.label} path:",
+            f"    {f.ref_path}",
+        ]
+        if f.cause:
+            lines.append(f.cause)
+        lines += f.diff.message().splitlines()
+        lines.append("")
+    return lines
+
+
+def notes_block(notes: Sequence[str]) -> List[str]:
+    return [f"{P} NOTE: {n}" for n in notes]
