@@ -108,8 +108,11 @@ def failure_block(finding: Finding, step: StepResult, *, ref_side, test_side, fi
             lines.append("Logs: " + files[0])
             lines.extend("      " + p for p in files[1:])
         lines.append("")
-        for side, node in ((ref_side, f.ref_node), (test_side, f.test_node)):
-            lines.extend(stack_lines(node, side.adapter.title))
+        stacks = [(ref_side, f.ref_node), (test_side, f.test_node)]
+        if not first_is_ref:
+            stacks.reverse()
+        for side, node in stacks:
+            lines.extend(stack_lines(node, side.title.replace(" Model", "")))
         lines.append("")
     elif f.ref_repr or f.test_repr:
         lines.append(f"{P}     Layers: {f.ref_repr}  ({ref_side.label})")

@@ -1,0 +1,305 @@
+"""auto_diff end to end on real torch and paddle, for all four model pairs."""
+
+import numpy as np
+import paddle
+import pytest
+import torch
+
+from padiff import AlignResult, PadiffError, auto_diff
+from support import class_name, grads_are_clear, hook_count, make_net, net_input, output_array
+
+PAIRS = [("paddle", "torch"), ("torch", "paddle"), ("torch", "torch"), ("paddle", "paddle")]
+PAIR_IDS = ["paddle-torch", "torch-paddle", "torch-torch", "paddle-paddle"]
+
+
+def build(pair, bug=None, **kw):
+    """Models and inputs in the user's order; for one framework twice the bug goes into the
+    second ("raw") model, across frameworks into the paddle one (the port)."""
+    first, second = pair
+    bug_index = 1 if first == second else pair.index("paddle")
+    models = [make_net(fw, bug if i == bug_index else None, **kw) for i, fw in enumerate(pair)]
+    for m in models:
+        m.eval()
+    inputs = (net_input(first), net_input(second))
+    return models, inputs
+
+
+def run(pair, bug=None, capsys=None, **opts):
+    models, inputs = build(pair, bug)
+    result = auto_diff(models[0], models[1], inputs, auto_weights=True, **opts)
+    text = capsys.readouterr().out if capsys else result.report
+    return result, text, models, inputs
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=PAIR_IDS)
+def test_agreeing_pair_passes_and_leaves_no_hooks(pair, capsys):
+    result, text, models, _ = run(pair, capsys=capsys)
+    assert isinstance(result, AlignResult)
+    assert result and result == True  # noqa: E712 (the seeds compare with ==)
+    assert "[AutoDiff] Assign weight success !!!" in text
+    assert "[AutoDiff] forward stage compared." in text
+    assert "[AutoDiff] backward stage compared." in text
+    assert text.rstrip().endswith("[AutoDiff] SUCCESS !!!")
+    for m in models:
+        assert hook_count(m) == 0
+        assert grads_are_clear(m)
+    # every layer, output gradient and parameter gradient was compared
+    step = result.steps[0]
+    assert len(step.forward) == 7  # root + 6 sublayer calls
+    assert {f.stage for f in step.backward} == {"backward"}
+    assert len(step.grads) == 7  # linear1 w,b; proj w; norm w,b; linear2 w,b
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=PAIR_IDS)
+@pytest.mark.parametrize("bug,stage,layer,what", [
+    ("activation", "Forward Stage", "act", "output"),
+    ("ln_epsilon", "Forward Stage", "norm", "output"),
+    ("transpose", "Forward Stage", "proj", "output"),
+    ("backward", "Backward Stage", "cube", "input gradient"),
+])
+def test_injected_bug_is_named_at_its_layer(pair, bug, stage, layer, what, capsys):
+    result, text, models, _ = run(pair, bug, capsys=capsys)
+    assert not result and result == False  # noqa: E712
+    first = result.first
+    assert first.ref_path.endswith("." + layer) and first.test_path.endswith("." + layer)
+    assert first.what.startswith(what)
+    assert f"[AutoDiff]     Diff found in {stage} in step 0" in text
+    names = [class_name(fw) + "." + layer for fw in pair]
+    assert f"[AutoDiff]     Route: {names[0]}" in text
+    assert f"[AutoDiff]            {names[1]}" in text
+    assert "Mismatched elements: " in text and "Greatest absolute difference: " in text
+    assert text.count("<---  *** HERE ***") == 2
+    here_lines = [l for l in text.splitlines() if "*** HERE ***" in l]
+    assert all(l.split("(net) ")[1].split()[0] == first.ref_type or
+               l.split("(net) ")[1].split()[0] == first.test_type for l in here_lines)
+    assert text.rstrip().endswith("[AutoDiff] FAILED !!!")
+    for m in models:
+        assert hook_count(m) == 0
+
+
+def test_backward_only_bug_reports_the_custom_op_layer_not_parameters(capsys):
+    result, text, _, _ = run(("paddle", "torch"), "backward", capsys=capsys)
+    assert result.stage == "backward"
+    assert result.first.ref_path == "TorchNet.cube" and result.first.test_path == "PaddleNet.cube"
+    assert "Compared: input gradient" in text
+    # forward agreed everywhere
+    assert all(f.passed for f in result.steps[0].forward)
+
+
+def test_diff_phase_forward_skips_backward(capsys):
+    result, text, _, _ = run(("paddle", "torch"), "backward", capsys=capsys, options={"diff_phase": "forward"})
+    assert result
+    assert "backward stage compared." not in text
+    assert result.steps[0].backward == [] and result.steps[0].grads == []
+
+
+def test_diff_phase_backward_ignores_forward_only_bug_output_is_still_measured(capsys):
+    result, text, _, _ = run(("paddle", "torch"), "backward", capsys=capsys, options={"diff_phase": "backward"})
+    assert not result and result.stage == "backward"
+    assert result.steps[0].forward == []
+
+
+def test_models_give_same_outputs_after_run_without_weight_copy():
+    models, inputs = build(("paddle", "torch"))
+    before = [output_array(m, i) for m, i in zip(models, inputs)]
+    auto_diff(models[0], models[1], inputs, auto_weights=False)
+    after = [output_array(m, i) for m, i in zip(models, inputs)]
+    for b, a in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    assert all(hook_count(m) == 0 for m in models)
+
+
+def test_seed001_keyword_style_and_mean_mode(capsys):
+    models, inputs = build(("torch", "paddle"))
+    result = auto_diff(models[0], models[1], inputs, atol=1e-4, compare_mode="mean", single_step=False,
+                       auto_init=True)
+    text = capsys.readouterr().out
+    assert result
+    assert "  atol: `0.0001`" in text and "  compare_mode: `mean`" in text
+
+
+def test_strict_catches_what_mean_hides(capsys):
+    # a permutation of the output keeps its mean: mean mode cannot see it, strict does
+    class Flip(torch.nn.Module):
+        def forward(self, x):
+            return x.flip(-1)
+
+    class Keep(paddle.nn.Layer):
+        def forward(self, x):
+            return x * 1.0
+
+    x = np.arange(6, dtype="float32").reshape(2, 3)
+    inp = ({"x": torch.tensor(x)}, {"x": paddle.to_tensor(x)})
+    assert auto_diff(Flip(), Keep(), inp, compare_mode="mean", diff_phase="forward")
+    assert not auto_diff(Flip(), Keep(), inp, diff_phase="forward")
+
+
+def test_user_atol_rtol_are_exact(capsys):
+    models, inputs = build(("paddle", "torch"), "ln_epsilon")
+    loose = auto_diff(models[0], models[1], inputs, options={"atol": 10.0, "rtol": 0.0})
+    assert loose  # exactly |a-b| <= 10: nothing in this net differs by 10
+    strict = auto_diff(models[0], models[1], inputs, options={"atol": 0.0, "rtol": 0.0})
+    assert not strict
+    assert "Not equal to tolerance rtol=0, atol=0" in strict.report
+
+
+def test_seed002_mismatched_input_keys_are_passed_by_position(capsys):
+    models, inputs = build(("paddle", "torch"))
+    inputs = (inputs[0], {"y": inputs[1]["x"]})
+    result = auto_diff(models[0], models[1], inputs)
+    text = capsys.readouterr().out
+    assert result
+    assert "forward does not take the keyword(s) 'y'; padiff passed the dict's values by position" in text
+
+
+@pytest.mark.parametrize("form", ["list", "tensor"])
+def test_positional_and_single_tensor_inputs(form):
+    models, inputs = build(("paddle", "torch"))
+    if form == "list":
+        inputs = ([inputs[0]["x"]], [inputs[1]["x"]])
+    else:
+        inputs = (inputs[0]["x"], inputs[1]["x"])
+    assert auto_diff(models[0], models[1], inputs)
+
+
+# --- what a user can get wrong -----------------------------------------------------------
+
+def test_inputs_not_a_pair():
+    models, inputs = build(("paddle", "torch"))
+    with pytest.raises(PadiffError, match=r"inputs must be a pair \(input of the first model, input of the second"):
+        auto_diff(models[0], models[1], inputs[0])
+
+
+def test_input_shapes_differ():
+    models, _ = build(("paddle", "torch"))
+    inputs = (net_input("paddle", batch=6), net_input("torch", batch=5))
+    with pytest.raises(PadiffError, match=r"inputs differ in shape at input\[0\]: \[6, 8\] \(paddle\) vs \[5, 8\] \(torch\)"):
+        auto_diff(models[0], models[1], inputs)
+    assert all(hook_count(m) == 0 for m in models)
+
+
+def test_different_depth_fails_weight_copy_with_trees(capsys):
+    paddle_model, torch_model = make_net("paddle", extra=True), make_net("torch")
+    with pytest.raises(PadiffError, match="has no partner"):
+        auto_diff(paddle_model, torch_model, (net_input("paddle"), net_input("torch")))
+    text = capsys.readouterr().out
+    assert "[AutoDiff] Assign weight Failed !!!" in text
+    assert "`PaddleNet.extra` (Linear) has no partner" in text
+    assert "+--- Linear    <---  *** HERE ***" in text
+    assert "Hint:" in text
+
+
+def test_different_depth_without_weight_copy_names_both_layers():
+    paddle_model, torch_model = make_net("paddle", extra=True), make_net("torch")
+    inp = (net_input("paddle"), net_input("torch"))
+    with pytest.raises(PadiffError) as err:
+        auto_diff(paddle_model, torch_model, inp, auto_weights=False)
+    msg = str(err.value)
+    assert "The two models are built differently" in msg
+    assert "torch: `TorchNet` calls 6: Linear, ReLU, TorchProj, TorchCubeLayer, LayerNorm, Linear" in msg
+    assert "paddle: `PaddleNet` calls 7:" in msg
+    assert hook_count(paddle_model) == 0 and hook_count(torch_model) == 0
+
+
+def test_parameter_shape_mismatch_names_both_parameters(capsys):
+    class TorchWide(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 5)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    class PaddleNarrow(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.fc = paddle.nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    with pytest.raises(PadiffError, match=r"\[8, 5\] vs \[8, 4\]"):
+        auto_diff(PaddleNarrow(), TorchWide(), (net_input("paddle"), net_input("torch")))
+    text = capsys.readouterr().out
+    assert "    paddle: `Linear(in_features=8, out_features=4, dtype=float32)`" in text
+    assert "`PaddleNarrow.fc.weight`" in text and "`TorchWide.fc.weight`" in text
+
+
+def test_model_that_raises_names_the_layer_and_removes_hooks():
+    class Broken(paddle.nn.Layer):
+        def forward(self, x):
+            return x.reshape([7, -1, 5])
+
+    paddle_model, torch_model = make_net("paddle"), make_net("torch")
+    paddle_model.cube = Broken()
+    with pytest.raises(PadiffError, match=r"The paddle model raised \w+ inside layer `PaddleNet.cube`"):
+        auto_diff(paddle_model, torch_model, (net_input("paddle"), net_input("torch")))
+    assert hook_count(paddle_model) == 0 and hook_count(torch_model) == 0
+
+
+def test_non_tensor_output_is_a_clear_error():
+    class Text(torch.nn.Module):
+        def forward(self, x):
+            return "done"
+
+    class TextP(paddle.nn.Layer):
+        def forward(self, x):
+            return "done"
+
+    with pytest.raises(PadiffError, match="output \\(str\\) holds no floating-point tensor"):
+        auto_diff(TextP(), Text(), (net_input("paddle"), net_input("torch")))
+
+
+def test_nan_is_reported_at_the_layer_that_made_it(capsys):
+    class Log(torch.nn.Module):
+        def forward(self, x):
+            return torch.log(x)
+
+    class LogP(paddle.nn.Layer):
+        def forward(self, x):
+            return paddle.log(x)
+
+    torch_model, paddle_model = make_net("torch"), make_net("paddle")
+    torch_model.cube, paddle_model.cube = Log(), LogP()
+    result = auto_diff(paddle_model, torch_model, (net_input("paddle"), net_input("torch")))
+    assert not result
+    assert result.first.test_path == "PaddleNet.cube"
+    assert "NaN" in result.report and "non-finite value" in result.report
+
+
+def test_unknown_option_suggests_the_right_one():
+    models, inputs = build(("paddle", "torch"))
+    with pytest.raises(PadiffError, match="Unknown option 'atoll'. Did you mean 'atol'"):
+        auto_diff(models[0], models[1], inputs, options={"atoll": 1e-3})
+
+
+def test_unwritable_log_folder_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    models, inputs = build(("paddle", "torch"), "activation")
+    with pytest.raises(PadiffError, match="Cannot write padiff's log folder"):
+        auto_diff(models[0], models[1], inputs, options={"log_dir": str(blocker / "logs"), "tree_inline_lines": 1})
+
+
+def test_long_trees_go_to_the_log_folder(tmp_path, capsys):
+    models, inputs = build(("paddle", "torch"), "activation")
+    log_dir = tmp_path / "logs"
+    result = auto_diff(models[0], models[1], inputs, options={"log_dir": str(log_dir), "tree_inline_lines": 4})
+    text = capsys.readouterr().out
+    assert (log_dir / "report_paddle.log").read_text().count("*** HERE ***") == 1
+    assert (log_dir / "report_torch.log").exists()
+    assert f"Logs: {log_dir / 'report_paddle.log'}" in text
+    assert str(log_dir / "report_paddle.log") in result.log_files
+
+
+def test_nothing_written_when_models_agree(tmp_path):
+    models, inputs = build(("paddle", "torch"))
+    log_dir = tmp_path / "logs"
+    assert auto_diff(models[0], models[1], inputs, options={"log_dir": str(log_dir)})
+    assert not log_dir.exists()
+
+
+def test_path_log_switch_adds_paths_to_trees(monkeypatch, capsys):
+    monkeypatch.setenv("PADIFF_PATH_LOG", "ON")
+    result, text, _, _ = run(("paddle", "torch"), "activation", capsys=capsys)
+    assert "(net) Sigmoid  (PaddleNet.act)    <---  *** HERE ***" in text
