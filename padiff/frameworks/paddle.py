@@ -158,3 +158,17 @@ class Adapter:
 
     def optimizer_lr(self, opt):
         return [float(opt.get_lr())]
+
+    # --- learning-rate schedulers ------------------------------------------------------
+    def is_lr_scheduler(self, obj) -> bool:
+        return isinstance(obj, paddle.optimizer.lr.LRScheduler)
+
+    def scheduler_needs_metric(self, sched) -> bool:
+        return isinstance(sched, paddle.optimizer.lr.ReduceOnPlateau)
+
+    def scheduler_lr(self, sched):
+        """The scheduler's current learning rate, as a one-item list (like torch's param groups)."""
+        return [float(sched.last_lr)]
+
+    def scheduler_step(self, sched) -> None:
+        sched.step()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -155,3 +157,20 @@ class Adapter:
 
     def optimizer_lr(self, opt):
         return [float(g["lr"]) for g in opt.param_groups]
+
+    # --- learning-rate schedulers ------------------------------------------------------
+    def is_lr_scheduler(self, obj) -> bool:
+        sched = torch.optim.lr_scheduler
+        return isinstance(obj, (getattr(sched, "LRScheduler", sched._LRScheduler), sched.ReduceLROnPlateau))
+
+    def scheduler_needs_metric(self, sched) -> bool:
+        return isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+    def scheduler_lr(self, sched):
+        """The learning rate its optimizer uses now, one per parameter group."""
+        return self.optimizer_lr(sched.optimizer)
+
+    def scheduler_step(self, sched) -> None:
+        with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": intended here
+            warnings.simplefilter("ignore", UserWarning)
+            sched.step()
