@@ -16,7 +16,8 @@ Hint:
        cases like param <=> buffer, param <=> embedding are not allowed,
        because padiff can not know how to init the parameters.
     3. If you can not change model codes, try to use a `LayerMap`
-       which can solve almost any problem (padiff.LayerMap; see the README).
+       which can solve almost any problem: layer_map.auto(model_a, model_b) pairs
+       layers by structure; layer_map.map = {layer_a: layer_b} pairs two by hand.
     4. A pair of layer classes whose weights need a conversion can get a rule:
        padiff.register_rule(src_class, dst_class, fn)."""
 
@@ -77,3 +78,79 @@ def copy_failure_lines(plan, *, first_side, layer_map=None, show_path=False, hea
         lines.append("")
     lines += HINT.splitlines()
     return lines
+
+
+# --- LayerMap.auto ------------------------------------------------------------------------------
+
+HOW = {
+    "map": "your LayerMap",
+    "name": "name",
+    "shape": "kind + shape",
+    "structure": "structure",
+    "neighbour": "neighbour",
+    "order": "order",
+    "rule": "conversion rule",
+    "similar": "similar block",
+}
+
+
+def _table(rows: List[tuple], indent: str = "    ") -> List[str]:
+    if not rows:
+        return []
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for r in rows:
+        cells = [str(c).ljust(w) for c, w in zip(r, widths)]
+        out.append((indent + "  ".join(cells)).rstrip())
+    return out
+
+
+def auto_table_lines(res) -> List[str]:
+    """The pairs ``LayerMap.auto`` found and the layers it left alone, for a person to check."""
+    lines = [f"[LayerMap.auto] {len(res.pairs)} pairs of layers with weights "
+             f"({res.first_title} <==> {res.second_title}):"]
+    rows = [(res.first_title, "", res.second_title, "", "found by")]
+    rows += [(p.first_path, p.first_class, p.second_path, p.second_class, HOW.get(p.how, p.how))
+             for p in res.pairs]
+    lines += _table(rows)
+    if res:
+        lines.append("[LayerMap.auto] Every layer with weights has a partner.")
+    else:
+        lines.append(f"[LayerMap.auto] Not paired ({len(res.unpaired_first) + len(res.unpaired_second)}):")
+        rows = [(res.first_title, path, cls, shapes) for path, cls, shapes in res.unpaired_first]
+        rows += [(res.second_title, path, cls, shapes) for path, cls, shapes in res.unpaired_second]
+        lines += _table(rows)
+    lines.append("Check the pairs above. Correct one with layer_map.map = {layer_a: layer_b}; leave a layer out "
+                 "with layer_map.ignore(layer) or layer_map.ignore_recursively(layer).")
+    return lines
+
+
+# --- padiff convert -----------------------------------------------------------------------------
+
+def convert_table_lines(table) -> List[str]:
+    """The converter's table: every key, what was done to it, and a summary."""
+    lines = [f"[padiff convert] {table.src_path} -> {table.dst_path} ({table.mode_text})"]
+    rows = [("torch key", "shape", "action", "paddle key", "shape", "note")]
+    for r in table.rows:
+        rows.append((r.src_key or "-", _shape(r.src_shape), r.action, r.dst_key or "-", _shape(r.dst_shape),
+                     ("guessed: " if r.guessed else "") + r.note))
+    lines += _table(rows, indent="  ")
+    counts = table.counts()
+    lines.append("[padiff convert] " + ", ".join(f"{n} {what}" for what, n in counts.items() if n))
+    guessed = [r for r in table.rows if r.guessed]
+    if guessed:
+        lines.append(f"[padiff convert] {len(guessed)} keys were converted by guess from their names "
+                     f"({', '.join(r.src_key for r in guessed[:5])}{', ...' if len(guessed) > 5 else ''}); "
+                     "pass the paddle model (--paddle-model module:factory) to convert by its layers.")
+    missing = [r for r in table.rows if r.action == "unmatched" and r.dst_key]
+    if missing:
+        lines.append(f"[padiff convert] {len(missing)} paddle keys have no source in the checkpoint and keep the "
+                     f"model's initial values: {', '.join(r.dst_key for r in missing[:5])}"
+                     f"{', ...' if len(missing) > 5 else ''}.")
+    if table.written:
+        lines.append(f"[padiff convert] Wrote {table.dst_path} ({len(table.state)} keys).")
+    return lines
+
+
+def _shape(shape) -> str:
+    return "" if shape is None else str(list(shape))

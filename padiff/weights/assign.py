@@ -1,24 +1,26 @@
 """Pairing the weight-holding layers of two models and copying weights between them.
 
 A *unit* is a layer that holds weights: a framework built-in layer with any parameters or
-buffers (its whole state, sublayers included, since its insides differ across frameworks)
-or a user layer with parameters/buffers of its own. Units are paired in registration order
-(the seeds' rule) unless a :class:`LayerMap` says otherwise; each pair is converted by the
-rule registered for its two classes (``rules.py``).
+buffers (its whole state, sublayers included, since its insides differ across frameworks),
+a layer the LayerMap pairs as a whole, or a user layer with parameters/buffers of its own.
+Units are paired by the LayerMap first (pairs given by hand, then those ``LayerMap.auto``
+found), the rest in registration order (the seeds' rule). Each pair is converted by the rule
+registered for its two classes (``rules.py``); a pair copied as a whole with no rule is
+opened and its insides are matched by structure (``auto.py``), so two differently built
+blocks still get their Linears transposed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..errors import PadiffError
 from ..side import Side
-from .rules import Converted, RuleError, convert_state
-
-SKIP_BUFFERS = ("num_batches_tracked",)
+from .auto import SKIP_BUFFERS, Node, build_tree, match_trees, state_of
+from .rules import Converted, RuleError, find_rule, in_order
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Unit:
     layer: object
     key: int
     tensors: List[Tuple[str, object, bool]]  # (name, tensor, is_param)
+    whole: bool = False  # the layer's whole state (built-in or mapped), not only its own
 
 
 def layer_tree(side: Side, stop_at=None):
@@ -50,14 +53,9 @@ def units_of(side: Side, layer_map=None) -> List[Unit]:
             continue
         whole = ad.is_builtin(layer) and not ad.is_container(layer)
         whole = whole or (layer_map is not None and layer_map.is_mapped(layer))
-        if whole:
-            params, buffers = ad.all_params(layer), ad.all_buffers(layer)
-        else:
-            params, buffers = ad.own_params(layer), ad.own_buffers(layer)
-        tensors = [(n, t, True) for n, t in params]
-        tensors += [(n, t, False) for n, t in buffers if n.rsplit(".", 1)[-1] not in SKIP_BUFFERS]
+        tensors = state_of(ad, layer, whole)
         if tensors:
-            units.append(Unit(path, layer, key, tensors))
+            units.append(Unit(path, layer, key, tensors, whole))
     return units
 
 
@@ -107,18 +105,157 @@ class WeightPlan:
         return self.failure is None
 
 
+# --- converting one pair ----------------------------------------------------------------------
+
+@dataclass
+class Ctx:
+    """What converting a pair needs: both adapters, the map, and where source values come from
+    (``values``: id(source tensor) -> array, for the checkpoint converter)."""
+
+    src_ad: object
+    dst_ad: object
+    cross: bool
+    layer_map: object = None
+    values: Optional[Dict[int, np.ndarray]] = None
+    _compat: Dict[tuple, bool] = field(default_factory=dict)
+
+    def value(self, tensor) -> np.ndarray:
+        arr = self.values.get(id(tensor)) if self.values is not None else None
+        if arr is None:
+            arr = self.src_ad.to_numpy(tensor)
+        view = arr.view()
+        view.flags.writeable = False  # a rule must not write into the source model's memory
+        return view
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _has_inner(ad, layer) -> bool:
+    return len(state_of(ad, layer, True)) > len(state_of(ad, layer, False))
+
+
+def _run_rule(rule, src_state, dst_spec, s_kind, d_kind) -> List[Converted]:
+    if rule.shipped:
+        out = rule.convert(src_state, dst_spec, src_kind=s_kind, dst_kind=d_kind)
+    else:
+        try:
+            out = rule.convert(src_state, dst_spec, src_kind=s_kind, dst_kind=d_kind)
+        except RuleError:
+            raise
+        except Exception as exc:
+            raise PadiffError(
+                f"The rule registered for {s_kind} -> {d_kind} "
+                f"({getattr(rule.convert, '__qualname__', rule.convert)}) raised {type(exc).__name__}: {exc}"
+            ) from exc
+    who = "padiff's shipped rule" if rule.shipped else "The rule registered"
+    shapes = dict(dst_spec)
+    src_names = {n for n, _ in src_state}
+    seen = set()
+    for c in out if isinstance(out, (list, tuple)) else [None]:
+        if not isinstance(c, Converted):
+            raise PadiffError(f"{who} for {s_kind} -> {d_kind} must return a list of padiff.weights.rules.Converted, "
+                              f"one per destination tensor; it returned {type(out).__name__}.")
+        if c.dst_name not in shapes or c.dst_name in seen:
+            raise PadiffError(f"{who} for {s_kind} -> {d_kind} returned `{c.dst_name}`, which is "
+                              f"{'given twice' if c.dst_name in seen else 'not a tensor of ' + d_kind}.")
+        if c.src_name not in src_names:
+            raise PadiffError(f"{who} for {s_kind} -> {d_kind} names source `{c.src_name}`, which {s_kind} "
+                              f"does not have ({', '.join(sorted(src_names))}).")
+        if tuple(np.shape(c.array)) != tuple(shapes[c.dst_name]):
+            raise RuleError(f"Shape of `{c.dst_name}` made from `{c.src_name}` of {s_kind} does not fit {d_kind}: "
+                            f"{list(np.shape(c.array))} vs {list(shapes[c.dst_name])}", c.src_name, c.dst_name)
+        seen.add(c.dst_name)
+    missing = [n for n, _ in dst_spec if n not in seen]
+    if missing:
+        raise RuleError(f"{who} for {s_kind} -> {d_kind} gave no value for `{missing[0]}` of {d_kind}.",
+                        "", missing[0])
+    return list(out)
+
+
+def convert_pair(ctx: Ctx, s_layer, d_layer, s_tensors, d_tensors, *, whole: bool, s_path: str,
+                 d_path: str) -> List[Converted]:
+    """The destination state of one pair of layers, names relative to each layer.
+    Raises RuleError (a mapping failure) naming the tensors."""
+    s_cls, d_cls = type(s_layer).__name__, type(d_layer).__name__
+    s_kind, d_kind = f"{ctx.src_ad.name}::{s_cls}", f"{ctx.dst_ad.name}::{d_cls}"
+    src_state = [(n, ctx.value(t)) for n, t, _ in s_tensors]
+    dst_spec = [(n, tuple(ctx.dst_ad.shape(t))) for n, t, _ in d_tensors]
+    rule = find_rule(s_cls, d_cls, ctx.cross)
+    if rule is not None:
+        return _run_rule(rule, src_state, dst_spec, s_kind, d_kind)
+    if whole and (_has_inner(ctx.src_ad, s_layer) or _has_inner(ctx.dst_ad, d_layer)):
+        try:
+            return _decompose(ctx, s_layer, d_layer, s_path, d_path)
+        except RuleError as first:
+            try:
+                return in_order(src_state, dst_spec, src_kind=s_kind, dst_kind=d_kind)
+            except RuleError:
+                raise first from None
+    return in_order(src_state, dst_spec, src_kind=s_kind, dst_kind=d_kind)
+
+
+def _node_tensors(ad, n: Node):
+    return n.tensors if n.is_leaf else state_of(ad, n.layer, True)
+
+
+def _decompose(ctx: Ctx, s_layer, d_layer, s_path: str, d_path: str) -> List[Converted]:
+    """Open a pair copied as a whole and pair its insides by structure."""
+    ts = build_tree(ctx.src_ad, s_layer, s_path, ctx.layer_map, enter_root=True)
+    td = build_tree(ctx.dst_ad, d_layer, d_path, ctx.layer_map, enter_root=True)
+    found = match_trees(ts, td, lambda a, b, whole: node_compat(ctx, a, b, whole), ctx.cross)
+    for nodes, label, other in ((found.unpaired_dst, ctx.dst_ad.name, ctx.src_ad.name),
+                                (found.unpaired_src, ctx.src_ad.name, ctx.dst_ad.name)):
+        if nodes:
+            n = nodes[0]
+            raise RuleError(
+                f"`{s_path}` ({type(s_layer).__name__}) and `{d_path}` ({type(d_layer).__name__}) are built "
+                f"differently: inside them, `{n.label()}` ({n.cls}) of the {label} model has no partner in the "
+                f"{other} model. Pair the parts with a LayerMap, or register a rule for the two classes: "
+                f"padiff.register_rule({type(s_layer).__name__!r}, {type(d_layer).__name__!r}, fn).",
+                n.tensors[0][0] if n.tensors and label == ctx.src_ad.name else "",
+                n.tensors[0][0] if n.tensors and label == ctx.dst_ad.name else "",
+            )
+    out = []
+    for m in found.pairs:
+        a, b = m.src, m.dst
+        conv = convert_pair(ctx, a.layer, b.layer, _node_tensors(ctx.src_ad, a), _node_tensors(ctx.dst_ad, b),
+                            whole=not (a.own or b.own), s_path=a.path, d_path=b.path)
+        out += [replace(c, src_name=_join(a.rel, c.src_name), dst_name=_join(b.rel, c.dst_name)) for c in conv]
+    return out
+
+
+def node_compat(ctx: Ctx, s: Node, d: Node, whole: bool) -> bool:
+    """Whether the state of ``s`` converts into ``d`` (the rule is run; results are cached
+    by classes and shapes, so a model of many equal blocks converts each kind once)."""
+    st, dt = _node_tensors(ctx.src_ad, s), _node_tensors(ctx.dst_ad, d)
+    key = (s.cls, s.own, tuple((n, tuple(ctx.src_ad.shape(t))) for n, t, _ in st),
+           d.cls, d.own, tuple((n, tuple(ctx.dst_ad.shape(t))) for n, t, _ in dt))
+    if key not in ctx._compat:
+        try:
+            convert_pair(ctx, s.layer, d.layer, st, dt, whole=not (s.own or d.own), s_path=s.path, d_path=d.path)
+            ctx._compat[key] = True
+        except RuleError:
+            ctx._compat[key] = False
+    return ctx._compat[key]
+
+
+# --- the plan ---------------------------------------------------------------------------------
+
 def _pair_units(src_units, dst_units, layer_map):
-    """Registration order, with explicit LayerMap pairs taken out first."""
-    if layer_map is None or not layer_map.has_pairs():
+    """LayerMap pairs first (by hand, then found by ``auto``), the rest in registration order."""
+    given = layer_map.unit_pairs() if layer_map is not None else []
+    if not given:
         return list(zip(src_units, dst_units)), src_units[len(dst_units):], dst_units[len(src_units):]
     by_key_src = {u.key: u for u in src_units}
     by_key_dst = {u.key: u for u in dst_units}
     pairs, used_s, used_d = [], set(), set()
-    for a, b in layer_map.pairs():
+    for a, b in given:
         if id(a) not in by_key_src:
             a, b = b, a  # the user may write either model's layer first
         ua, ub = by_key_src.get(id(a)), by_key_dst.get(id(b))
-        if ua is not None and ub is not None:
+        if ua is not None and ub is not None and ua.key not in used_s and ub.key not in used_d:
             pairs.append((ua, ub))
             used_s.add(ua.key)
             used_d.add(ub.key)
@@ -130,32 +267,27 @@ def _pair_units(src_units, dst_units, layer_map):
     return pairs, rest_s[len(rest_d):], rest_d[len(rest_s):]
 
 
-def plan_copy(src: Side, dst: Side, layer_map=None) -> WeightPlan:
-    """Work out every tensor copy from ``src`` into ``dst`` without writing anything."""
+def plan_copy(src: Side, dst: Side, layer_map=None, *, values: Optional[Dict[int, np.ndarray]] = None) -> WeightPlan:
+    """Work out every tensor copy from ``src`` into ``dst`` without writing anything.
+    ``values`` (id(source tensor) -> array) replaces source values (the checkpoint converter)."""
     plan = WeightPlan(src, dst)
-    cross = src.adapter.name != dst.adapter.name
+    ctx = Ctx(src.adapter, dst.adapter, src.adapter.name != dst.adapter.name, layer_map, values)
     s_units = units_of(src, layer_map)
     d_units = units_of(dst, layer_map)
     pairs, extra_s, extra_d = _pair_units(s_units, d_units, layer_map)
     plan.unit_pairs = pairs
     for su, du in pairs:
-        sa, da = src.adapter, dst.adapter
-        s_kind = f"{sa.name}::{type(su.layer).__name__}"
-        d_kind = f"{da.name}::{type(du.layer).__name__}"
-        src_state = [(n, sa.to_numpy(t)) for n, t, _ in su.tensors]
-        dst_spec = [(n, tuple(da.shape(t))) for n, t, _ in du.tensors]
         try:
-            converted = convert_state(type(su.layer).__name__, type(du.layer).__name__, src_state, dst_spec,
-                                      cross=cross, src_kind=s_kind, dst_kind=d_kind)
+            converted = convert_pair(ctx, su.layer, du.layer, su.tensors, du.tensors, whole=su.whole and du.whole,
+                                     s_path=su.path, d_path=du.path)
         except RuleError as e:
             plan.failure = CopyFailure(str(e), su, du, e.src_name, e.dst_name)
             return plan
-        s_by_name = {n: (t, p) for n, t, p in su.tensors}
+        s_by_name = {n: t for n, t, _ in su.tensors}
         d_by_name = {n: (t, p) for n, t, p in du.tensors}
         for c in converted:
-            st, _ = s_by_name[c.src_name]
             dt, is_param = d_by_name[c.dst_name]
-            plan.links.append(TensorLink(su, du, c.src_name, c.dst_name, st, dt, is_param, c))
+            plan.links.append(TensorLink(su, du, c.src_name, c.dst_name, s_by_name[c.src_name], dt, is_param, c))
     if extra_s or extra_d:
         su = extra_s[0] if extra_s else None
         du = extra_d[0] if extra_d else None
@@ -165,7 +297,8 @@ def plan_copy(src: Side, dst: Side, layer_map=None) -> WeightPlan:
         plan.failure = CopyFailure(
             f"The {side.label} model has more layers with weights than the {other.label} model: "
             f"`{lone.path}` ({type(lone.layer).__name__}) has no partner. "
-            "Check that both models define the same sublayers, or pair them with a LayerMap.",
+            "Check that both models define the same sublayers, or pair them with a LayerMap "
+            "(layer_map.auto(...), layer_map.map = {...}, layer_map.ignore(...)).",
             su, du,
         )
     return plan

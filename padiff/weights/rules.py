@@ -1,13 +1,32 @@
 """Conversion rules: how the state of one layer class becomes the state of another.
 
-A rule is data plus one small function. ``convert(src, dst)`` receives the source layer's
-tensors and the destination's expected names and shapes, both as ordered lists, and
-returns, for every destination tensor, the array to write (or raises ``RuleError``
-naming the tensor). Users register their own with :func:`register_rule`.
+A rule is data plus one small function (the seeds call it a *special init*)::
+
+    from padiff import register_rule
+    from padiff.weights.rules import Converted, RuleError
+
+    def my_scale(src, dst, *, src_kind, dst_kind):
+        # src: [(name, ndarray)] of the torch layer; dst: [(name, shape)] of the paddle layer
+        (_, w), = src
+        (name, shape), = dst
+        if tuple(w.shape[::-1]) != tuple(shape):
+            raise RuleError(f"{src_kind}.w {list(w.shape)} does not fit {dst_kind}.{name} {list(shape)}")
+        t = lambda a: a.T                      # also applied to gradients when comparing
+        return [Converted(name, "w", t(w), "transposed", t)]
+
+    register_rule("TorchScale", "PaddleScale", my_scale)
+
+``convert(src, dst, *, src_kind, dst_kind)`` receives the source layer's tensors (the weight
+source: the torch model, or the first model of one framework) and the destination layer's
+expected names and shapes, both in registration order, and returns one :class:`Converted`
+per destination tensor (or raises :class:`RuleError` naming the tensors). ``transform`` maps
+a source-layout array to the destination layout; padiff also uses it to compare gradients
+and updated weights, so it must do the same thing the rule did to the value.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -27,44 +46,87 @@ class RuleError(Exception):
         self.dst_name = dst_name
 
 
+def _same(a: np.ndarray) -> np.ndarray:
+    return a
+
+
 @dataclass
 class Converted:
     dst_name: str
     src_name: str
     array: np.ndarray
-    note: str = ""  # "transposed", "renamed", ...
+    note: str = ""  # "", "transposed", "renamed", "split", ...
     # Maps a source-layout array to the destination layout (for comparing grads/weights).
-    transform: Callable[[np.ndarray], np.ndarray] = staticmethod(lambda a: a)
+    transform: Callable[[np.ndarray], np.ndarray] = staticmethod(_same)
 
 
 def _transpose(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a.T)
 
 
+def _last(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def _names(items) -> str:
+    return ", ".join(n for n, _ in items) or "none"
+
+
 def in_order(src: SrcState, dst: DstSpec, *, src_kind: str, dst_kind: str,
              transpose: Sequence[str] = ()) -> List[Converted]:
     """The default rule: the i-th source tensor goes to the i-th destination tensor.
-    Source tensors named in ``transpose`` are 2-D and transposed (Linear weights: torch
-    stores [out, in], paddle [in, out]), whatever their shape, square ones included."""
+    Source tensors whose last name is in ``transpose`` (or matches it, for a compiled
+    regular expression) are 2-D and transposed (Linear weights: torch stores [out, in],
+    paddle [in, out]), whatever their shape, square ones included."""
     if len(src) != len(dst):
         raise RuleError(
-            f"{src_kind} has {len(src)} parameters/buffers ({', '.join(n for n, _ in src) or 'none'}) but "
-            f"{dst_kind} has {len(dst)} ({', '.join(n for n, _ in dst) or 'none'})."
+            f"{src_kind} has {len(src)} parameters/buffers ({_names(src)}) but "
+            f"{dst_kind} has {len(dst)} ({_names(dst)})."
         )
     out = []
     for (sname, arr), (dname, dshape) in zip(src, dst):
-        flip = sname.rsplit(".", 1)[-1] in transpose and arr.ndim == 2
-        expected = tuple(arr.shape[::-1]) if flip else tuple(arr.shape)
-        if expected != tuple(dshape):
+        flip = arr.ndim == 2 and any(
+            (t.fullmatch(_last(sname)) if hasattr(t, "fullmatch") else t == _last(sname)) for t in transpose)
+        out.append(_one(sname, arr, dname, dshape, src_kind, dst_kind, flip,
+                        "renamed" if _last(sname) != _last(dname) else ""))
+    return out
+
+
+def _one(sname, arr, dname, dshape, src_kind, dst_kind, flip=False, note=""):
+    expected = tuple(arr.shape[::-1]) if flip else tuple(arr.shape)
+    if expected != tuple(dshape):
+        raise RuleError(
+            f"Shape of param `{sname}` in {src_kind} and param `{dname}` in {dst_kind} is not the same. "
+            f"{list(expected)} vs {list(dshape)}" + (" (after transposing the Linear weight)" if flip else ""),
+            sname, dname,
+        )
+    if flip:
+        return Converted(dname, sname, _transpose(arr), "transposed", _transpose)
+    return Converted(dname, sname, arr, note)
+
+
+def renamed(src: SrcState, dst: DstSpec, *, src_kind: str, dst_kind: str, names: Dict[str, str],
+            transpose: Sequence[str] = ()) -> List[Converted]:
+    """Pair tensors by name: ``names`` maps a source name to its destination name
+    (``{"running_mean": "_mean"}``); other names must be equal on both sides."""
+    by_dst = {}
+    for sname, arr in src:
+        dname = names.get(sname, sname)
+        by_dst[dname] = (sname, arr)
+    out = []
+    for dname, dshape in dst:
+        if dname not in by_dst:
             raise RuleError(
-                f"Shape of param `{sname}` in {src_kind} and param `{dname}` in {dst_kind} is not the same. "
-                f"{list(expected)} vs {list(dshape)}" + (" (after transposing the Linear weight)" if flip else ""),
-                sname, dname,
-            )
-        if flip:
-            out.append(Converted(dname, sname, _transpose(arr), "transposed", _transpose))
-        else:
-            out.append(Converted(dname, sname, arr))
+                f"{dst_kind} has `{dname}` but {src_kind} has no tensor for it (it has: {_names(src)}).",
+                "", dname)
+        sname, arr = by_dst.pop(dname)
+        out.append(_one(sname, arr, dname, dshape, src_kind, dst_kind, sname in transpose and arr.ndim == 2,
+                        "renamed" if sname != dname else ""))
+    if by_dst:
+        left = ", ".join(s for s, _ in by_dst.values())
+        first = next(iter(by_dst.values()))[0]
+        raise RuleError(f"{src_kind} has {left}, which {dst_kind} has no place for (it has: {_names(dst)}).",
+                        first, "")
     return out
 
 
@@ -75,42 +137,229 @@ class Rule:
     convert: Callable[..., List[Converted]]
     cross_framework_only: bool = True
     description: str = ""
+    shipped: bool = False
 
 
 _RULES: List[Rule] = []
 
 
-def register_rule(src_class: str, dst_class: str, convert: Callable[..., List[Converted]],
-                  *, cross_framework_only: bool = False, description: str = "") -> None:
+def register_rule(src_class, dst_class, convert: Optional[Callable[..., List[Converted]]] = None,
+                  *, cross_framework_only: bool = False, description: str = "", _shipped: bool = False):
     """Register how to copy a ``src_class`` layer (the weight source: the torch model, or
-    the first model of one framework) into a ``dst_class`` layer.
+    the first model of one framework) into a ``dst_class`` layer. Classes are given as
+    classes or class names; ``"*"`` as ``dst_class`` matches any class.
 
     ``convert(src, dst, src_kind=..., dst_kind=...)`` gets ``src`` as ``[(name, ndarray)]``
     and ``dst`` as ``[(name, shape)]`` and returns a list of :class:`Converted`, one per
-    destination tensor. Later registrations win over earlier ones.
+    destination tensor. Later registrations win over earlier ones. Without ``convert``
+    this returns a decorator. ``assign_weight``, ``auto_diff``, ``LayerMap.auto`` and
+    ``padiff convert`` all use the rule.
     """
-    _RULES.insert(0, Rule(src_class, dst_class, convert, cross_framework_only, description))
+    def _name(c):
+        return c if isinstance(c, str) else getattr(c, "__name__", str(c))
+
+    def do(fn):
+        if not callable(fn):
+            from ..errors import PadiffError
+
+            raise PadiffError(f"register_rule({_name(src_class)!r}, {_name(dst_class)!r}, ...) needs a function "
+                              f"convert(src, dst, *, src_kind, dst_kind), got {type(fn).__name__}.")
+        _RULES.insert(0, Rule(_name(src_class), _name(dst_class), fn, cross_framework_only, description, _shipped))
+        return fn
+
+    if convert is None:
+        return do
+    do(convert)
+    return None
 
 
 def find_rule(src_class: str, dst_class: str, cross: bool) -> Optional[Rule]:
+    """The rule for this pair of classes: an exact one first, then one with a wildcard."""
+    exact = wild = None
     for rule in _RULES:
         if rule.cross_framework_only and not cross:
             continue
-        if rule.src_class in (src_class, "*") and rule.dst_class in (dst_class, "*"):
-            return rule
-    return None
+        if rule.src_class == src_class and rule.dst_class == dst_class:
+            exact = exact or rule
+        elif rule.src_class in (src_class, "*") and rule.dst_class in (dst_class, "*"):
+            wild = wild or rule
+    return exact or wild
 
+
+def rules() -> List[Rule]:
+    """Every registered rule, the most recent first."""
+    return list(_RULES)
+
+
+# --- class families: which classes of the two frameworks are "the same kind" ---------------
+
+def family(class_name: str) -> str:
+    """A framework-neutral kind for a layer class: ``Conv2d``/``Conv2D`` -> ``conv2``,
+    ``BatchNorm2d``/``SyncBatchNorm``/``BatchNorm2D`` -> ``batchnorm``, ``MultiheadAttention``/
+    ``MultiHeadAttention`` -> ``multiheadattention``; other names are lower-cased."""
+    n = class_name.lower()
+    for prefix in ("nondynamicallyquantizable", "lazy", "sync"):
+        if n.startswith(prefix):
+            n = n[len(prefix):]
+    n = re.sub(r"([123])d", r"\1", n)
+    m = re.fullmatch(r"conv([123])transpose", n)
+    if m:
+        n = "convtranspose" + m.group(1)
+    if n.startswith("batchnorm"):
+        return "batchnorm"
+    if n.startswith("instancenorm"):
+        return "instancenorm"
+    return {"simplernn": "rnn"}.get(n, n)
+
+
+# torch class -> paddle class, for the converter when only one model is known.
+PADDLE_TO_TORCH_CLASS = {
+    "Linear": "Linear", "Conv1D": "Conv1d", "Conv2D": "Conv2d", "Conv3D": "Conv3d",
+    "Conv1DTranspose": "ConvTranspose1d", "Conv2DTranspose": "ConvTranspose2d",
+    "Conv3DTranspose": "ConvTranspose3d", "BatchNorm": "BatchNorm2d", "BatchNorm1D": "BatchNorm1d",
+    "BatchNorm2D": "BatchNorm2d", "BatchNorm3D": "BatchNorm3d", "SyncBatchNorm": "SyncBatchNorm",
+    "LayerNorm": "LayerNorm", "GroupNorm": "GroupNorm", "InstanceNorm1D": "InstanceNorm1d",
+    "InstanceNorm2D": "InstanceNorm2d", "InstanceNorm3D": "InstanceNorm3d", "Embedding": "Embedding",
+    "PReLU": "PReLU", "MultiHeadAttention": "MultiheadAttention", "LSTM": "LSTM", "GRU": "GRU",
+    "SimpleRNN": "RNN",
+}
+
+
+# --- shipped rules (torch class -> paddle class) --------------------------------------------
 
 def _linear(src, dst, *, src_kind, dst_kind):
     return in_order(src, dst, src_kind=src_kind, dst_kind=dst_kind, transpose=("weight",))
 
 
-# Shipped rules (torch class -> paddle class). Conv, BatchNorm, LayerNorm, GroupNorm and
-# Embedding keep their layouts, so the in-order default serves them.
-register_rule("Linear", "Linear", _linear, cross_framework_only=True,
-              description="Linear: weight transposed ([out, in] -> [in, out])")
-register_rule("NonDynamicallyQuantizableLinear", "Linear", _linear, cross_framework_only=True,
-              description="Linear: weight transposed")
+def _same_layout(src, dst, *, src_kind, dst_kind):
+    # Conv and ConvTranspose weights have one layout in both frameworks: [out, in/groups, *k]
+    # and [in, out/groups, *k] respectively; LayerNorm/GroupNorm/Embedding likewise.
+    return renamed(src, dst, src_kind=src_kind, dst_kind=dst_kind, names={})
+
+
+def _batchnorm(src, dst, *, src_kind, dst_kind):
+    return renamed(src, dst, src_kind=src_kind, dst_kind=dst_kind,
+                   names={"running_mean": "_mean", "running_var": "_variance"})
+
+
+def _instancenorm(src, dst, *, src_kind, dst_kind):
+    return renamed(src, dst, src_kind=src_kind, dst_kind=dst_kind, names={"weight": "scale"})
+
+
+def _prelu(src, dst, *, src_kind, dst_kind):
+    return renamed(src, dst, src_kind=src_kind, dst_kind=dst_kind, names={"weight": "_weight"})
+
+
+_HR = re.compile(r"weight_hr_l\d+(_reverse)?")
+
+
+def _rnn(src, dst, *, src_kind, dst_kind):
+    # Both frameworks keep gate order (LSTM i,f,g,o; GRU r,z,n) and the same
+    # weight_ih/weight_hh/bias_ih/bias_hh layouts, layer by layer and direction by direction.
+    # With proj_size, torch's weight_hr_l{k} [proj, hidden] is paddle's cell weight_ho
+    # [hidden, proj] (paddle's flat names are then shifted, so pair in order, not by name).
+    return in_order(src, dst, src_kind=src_kind, dst_kind=dst_kind, transpose=(_HR,))
+
+
+def _slice_t(lo: int, hi: int, flip: bool):
+    if flip:
+        return lambda a: np.ascontiguousarray(a[lo:hi].T)
+    return lambda a: np.ascontiguousarray(a[lo:hi])
+
+
+def _groups(dst: DstSpec):
+    """Destination tensors grouped by their layer prefix, in order: [(prefix, [(name, shape)])]."""
+    groups: List[Tuple[str, list]] = []
+    for name, shape in dst:
+        prefix = name.rsplit(".", 1)[0] if "." in name else ""
+        if not groups or groups[-1][0] != prefix:
+            groups.append((prefix, []))
+        groups[-1][1].append((name, shape))
+    return groups
+
+
+def _mha(src, dst, *, src_kind, dst_kind):
+    """torch ``nn.MultiheadAttention`` (packed ``in_proj_weight`` [3E, E] or separate
+    ``q/k/v_proj_weight``; ``out_proj``) into paddle ``nn.MultiHeadAttention`` or any layer
+    holding the projections as Linears: four (q, k, v, out, in that order) or two (a fused
+    qkv [E, 3E] and out). Linear weights are transposed to paddle's [in, out]."""
+    s = dict(src)
+    if "bias_k" in s or "bias_v" in s:
+        raise RuleError(f"{src_kind} was built with add_bias_kv=True, which {dst_kind} has no place for: "
+                        "register your own rule for this pair.", "bias_k", "")
+    if "in_proj_weight" in s:
+        w = s["in_proj_weight"]
+        e = w.shape[0] // 3
+        qkv_w = [("in_proj_weight", 0, e), ("in_proj_weight", e, 2 * e), ("in_proj_weight", 2 * e, 3 * e)]
+    elif all(k in s for k in ("q_proj_weight", "k_proj_weight", "v_proj_weight")):
+        e = s["q_proj_weight"].shape[0]
+        qkv_w = [(k, 0, e) for k in ("q_proj_weight", "k_proj_weight", "v_proj_weight")]
+    else:
+        raise RuleError(f"{src_kind} has neither in_proj_weight nor q/k/v_proj_weight (it has: {_names(src)}).")
+    qkv_b = [("in_proj_bias", 0, e), ("in_proj_bias", e, 2 * e), ("in_proj_bias", 2 * e, 3 * e)] \
+        if "in_proj_bias" in s else None
+    out_w = ("out_proj.weight", 0, e)
+    out_b = ("out_proj.bias", 0, e) if "out_proj.bias" in s else None
+    groups = _groups(dst)
+    if len(groups) == 4:
+        plan = [(qkv_w[i], qkv_b[i] if qkv_b else None) for i in range(3)] + [(out_w, out_b)]
+    elif len(groups) == 2 and "in_proj_weight" in s:
+        plan = [(("in_proj_weight", 0, 3 * e), ("in_proj_bias", 0, 3 * e) if qkv_b else None), (out_w, out_b)]
+    else:
+        raise RuleError(
+            f"{src_kind} packs q, k, v and out projections; {dst_kind} should hold them as four Linears "
+            f"(q, k, v, out, in that order) or two (fused qkv, out), but its tensors are {_names(dst)}.")
+    out = []
+    for (prefix, tensors), (wsrc, bsrc) in zip(groups, plan):
+        wants = [wsrc] + ([bsrc] if bsrc else [])
+        if len(tensors) != len(wants):
+            raise RuleError(
+                f"`{prefix}` in {dst_kind} has {len(tensors)} tensors ({_names(tensors)}) but the matching "
+                f"projection of {src_kind} has {len(wants)} ({', '.join(w[0] for w in wants)}): "
+                "both must have a bias, or neither.", wants[0][0], tensors[0][0])
+        for (dname, dshape), (sname, lo, hi) in zip(tensors, wants):
+            arr = s[sname]
+            flip = arr.ndim == 2
+            t = _slice_t(lo, hi, flip)
+            value = t(arr)
+            if tuple(value.shape) != tuple(dshape):
+                part = f"{sname}[{lo}:{hi}]" + (" transposed" if flip else "")
+                raise RuleError(f"Shape of `{part}` in {src_kind} and param `{dname}` in {dst_kind} is not "
+                                f"the same. {list(value.shape)} vs {list(dshape)}", sname, dname)
+            note = "split" + (" + transposed" if flip else "") if (hi - lo) != arr.shape[0] else \
+                ("transposed" if flip else "")
+            out.append(Converted(dname, sname, value, note, t))
+    return out
+
+
+def _register_shipped():
+    def reg(s, d, fn, desc):
+        register_rule(s, d, fn, cross_framework_only=True, description=desc, _shipped=True)
+
+    for s in ("Linear", "NonDynamicallyQuantizableLinear", "LazyLinear"):
+        reg(s, "Linear", _linear, "Linear: weight transposed ([out, in] -> [in, out])")
+    for n in (1, 2, 3):
+        reg(f"Conv{n}d", f"Conv{n}D", _same_layout, "Conv: same layout [out, in/groups, *k]")
+        reg(f"ConvTranspose{n}d", f"Conv{n}DTranspose", _same_layout,
+            "ConvTranspose: same layout [in, out/groups, *k]")
+        reg(f"InstanceNorm{n}d", f"InstanceNorm{n}D", _instancenorm, "InstanceNorm: weight -> scale")
+    torch_bn = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm")
+    paddle_bn = ("BatchNorm", "BatchNorm1D", "BatchNorm2D", "BatchNorm3D", "SyncBatchNorm")
+    for s in torch_bn:
+        for d in paddle_bn:
+            reg(s, d, _batchnorm, "BatchNorm: running_mean -> _mean, running_var -> _variance "
+                                  "(num_batches_tracked dropped)")
+    for n in ("LayerNorm", "GroupNorm", "Embedding"):
+        reg(n, n, _same_layout, f"{n}: same names and layout")
+    reg("PReLU", "PReLU", _prelu, "PReLU: weight -> _weight")
+    reg("LSTM", "LSTM", _rnn, "LSTM: same gate order (i, f, g, o); weight_hr transposed")
+    reg("GRU", "GRU", _rnn, "GRU: same gate order (r, z, n)")
+    reg("RNN", "SimpleRNN", _rnn, "RNN: same layout")
+    reg("MultiheadAttention", "*", _mha,
+        "MultiheadAttention: in_proj_weight split into q/k/v projections, all transposed")
+
+
+_register_shipped()
 
 
 def convert_state(src_class: str, dst_class: str, src: SrcState, dst: DstSpec, *, cross: bool,
