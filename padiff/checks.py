@@ -34,6 +34,7 @@ import dataclasses
 import itertools
 import json
 import os
+import pickle
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -286,6 +287,8 @@ def _diagnose(a: np.ndarray, b: np.ndarray, d: TensorDiff, opts: Options) -> str
         if sorted(a.shape) == sorted(b.shape):
             return ("The shapes hold the same sizes in another order: a layout difference (HWC vs CHW, "
                     "NHWC vs NCHW) or a missing transpose?")
+        if a.ndim == b.ndim and a.ndim > 0 and a.shape[1:] == b.shape[1:]:
+            return "The shapes differ only in the first axis: a different batch size, or drop_last?"
         return ""
     if d.problem is not None or a.dtype.kind not in "fc" or b.dtype.kind not in "fc" or a.size < 2:
         return ""
@@ -637,7 +640,7 @@ def load_saved(path: str):
         raise PadiffError(f"No such file: {path}. Pass two files saved with numpy (.npy, .npz, or reprod_log .npy).")
     try:
         data = np.load(path, allow_pickle=True)
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         raise PadiffError(f"Cannot read {path} as a numpy file (.npy or .npz): {exc}") from None
     if isinstance(data, np.lib.npyio.NpzFile):
         with data:

@@ -114,8 +114,8 @@ def _dataloader_lines(result, full: bool) -> List[str]:
     if same and result.stop == "diff":
         lines.append(f"{P}     Agree in batch {result.index}: " + ", ".join(same[:10])
                      + (", ..." if len(same) > 10 else ""))
-    if result.stop == "diff":
-        lines.append(f"{P} {_plural(result.count - 1, 'batch')} agreed before batch {result.index}; padiff stopped "
+    if result.stop == "diff" and result.index:
+        lines.append(f"{P} {_plural(result.index, 'batch')} agreed before batch {result.index}; padiff stopped "
                      "at the first difference.")
     return lines
 
