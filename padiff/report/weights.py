@@ -107,16 +107,17 @@ def _table(rows: List[tuple], indent: str = "    ") -> List[str]:
 
 def auto_table_lines(res) -> List[str]:
     """The pairs ``LayerMap.auto`` found and the layers it left alone, for a person to check."""
-    lines = [f"[LayerMap.auto] {len(res.pairs)} pairs of layers with weights "
+    lines = [f"[LayerMap.auto] {_n(len(res.pairs), 'pair')} of layers with weights "
              f"({res.first_title} <==> {res.second_title}):"]
-    rows = [(res.first_title, "", res.second_title, "", "found by")]
+    rows = [(f"{res.first_title} layer", "class", f"{res.second_title} layer", "class", "found by")]
     rows += [(p.first_path, p.first_class, p.second_path, p.second_class, HOW.get(p.how, p.how))
              for p in res.pairs]
     lines += _table(rows)
     if res:
         lines.append("[LayerMap.auto] Every layer with weights has a partner.")
     else:
-        lines.append(f"[LayerMap.auto] Not paired ({len(res.unpaired_first) + len(res.unpaired_second)}):")
+        lines.append(f"[LayerMap.auto] Not paired ({len(res.unpaired_first) + len(res.unpaired_second)}), "
+                     "their weights would have no source:")
         rows = [(res.first_title, path, cls, shapes) for path, cls, shapes in res.unpaired_first]
         rows += [(res.second_title, path, cls, shapes) for path, cls, shapes in res.unpaired_second]
         lines += _table(rows)
@@ -129,7 +130,7 @@ def auto_table_lines(res) -> List[str]:
 
 def convert_table_lines(table) -> List[str]:
     """The converter's table: every key, what was done to it, and a summary."""
-    lines = [f"[padiff convert] {table.src_path} -> {table.dst_path} ({table.mode_text})"]
+    lines = [f"[padiff convert] {table.src_path} -> {table.dst_path or '(not written)'} ({table.mode_text})"]
     rows = [("torch key", "shape", "action", "paddle key", "shape", "note")]
     for r in table.rows:
         rows.append((r.src_key or "-", _shape(r.src_shape), r.action, r.dst_key or "-", _shape(r.dst_shape),
@@ -139,17 +140,24 @@ def convert_table_lines(table) -> List[str]:
     lines.append("[padiff convert] " + ", ".join(f"{n} {what}" for what, n in counts.items() if n))
     guessed = [r for r in table.rows if r.guessed]
     if guessed:
-        lines.append(f"[padiff convert] {len(guessed)} keys were converted by guess from their names "
+        lines.append(f"[padiff convert] {_n(len(guessed), 'key')} converted by a guess from the names "
                      f"({', '.join(r.src_key for r in guessed[:5])}{', ...' if len(guessed) > 5 else ''}); "
                      "pass the paddle model (--paddle-model module:factory) to convert by its layers.")
     missing = [r for r in table.rows if r.action == "unmatched" and r.dst_key]
     if missing:
-        lines.append(f"[padiff convert] {len(missing)} paddle keys have no source in the checkpoint and keep the "
-                     f"model's initial values: {', '.join(r.dst_key for r in missing[:5])}"
-                     f"{', ...' if len(missing) > 5 else ''}.")
+        lines.append(f"[padiff convert] {_n(len(missing), 'paddle key')} without a source in the checkpoint "
+                     f"(they would keep the model's random initial values): "
+                     f"{', '.join(r.dst_key for r in missing[:5])}{', ...' if len(missing) > 5 else ''}.")
+        if table.mode == "paddle model":
+            lines.append("[padiff convert] The paddle model's layer names differ from the checkpoint's: give the torch "
+                         "model too (--torch-model module:factory) to pair the layers by structure.")
     if table.written:
         lines.append(f"[padiff convert] Wrote {table.dst_path} ({len(table.state)} keys).")
     return lines
+
+
+def _n(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _shape(shape) -> str:

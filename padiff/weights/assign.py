@@ -309,4 +309,5 @@ def apply_copy(plan: WeightPlan) -> None:
         raise PadiffError(plan.failure.message)
     da = plan.dst.adapter
     for link in plan.links:
-        da.set_value(link.dst_tensor, link.converted.array)
+        arr = np.asarray(link.converted.array)
+        da.set_value(link.dst_tensor, arr if arr.flags.writeable else np.array(arr))

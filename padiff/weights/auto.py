@@ -474,8 +474,7 @@ def auto_pairs(layer_map, a, b, stream=None) -> AutoResult:
     layer_map.set_auto([(m.src.layer, m.dst.layer, m.whole or not (m.src.own or m.dst.own)) for m in found.pairs])
 
     first_is_src = ref_i == 0
-    res = AutoResult(sides[0].title + f" ({sides[0].label})" if "(" not in sides[0].label else sides[0].title,
-                     sides[1].title + f" ({sides[1].label})" if "(" not in sides[1].label else sides[1].title)
+    res = AutoResult(sides[0].label, sides[1].label)
     for x, y in explicit:
         xs = _find_path(src, x) or _find_path(dst, x)
         ys = _find_path(src, y) or _find_path(dst, y)
