@@ -153,6 +153,8 @@ def convert_table_lines(table) -> List[str]:
                          "model too (--torch-model module:factory) to pair the layers by structure.")
     if table.written:
         lines.append(f"[padiff convert] Wrote {table.dst_path} ({len(table.state)} keys).")
+    elif table.dst_path and not table.state:
+        lines.append(f"[padiff convert] Nothing written to {table.dst_path}: no checkpoint key found a paddle tensor.")
     return lines
 
 

@@ -418,7 +418,7 @@ def convert_checkpoint(src_path, dst_path=None, paddle_model=None, layer_map=Non
         if torch_model is not None and not torch_ad.is_layer(torch_model):
             raise PadiffError(f"torch_model is a {type(torch_model).__name__}, not a torch.nn.Module.")
         _by_names(table, ckpt, _torch_classes(torch_model) if torch_model is not None else None)
-    if dst_path is not None:
+    if dst_path is not None and table.state:
         folder = os.path.dirname(os.path.abspath(os.fspath(dst_path)))
         os.makedirs(folder, exist_ok=True)
         get_adapter("paddle").save_file(dict(table.state), os.fspath(dst_path))
