@@ -8,6 +8,7 @@ weights -> render. Frameworks are reached only through adapters.
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 import sys
 import time
 from typing import List, Optional, Sequence
@@ -138,59 +139,86 @@ def _float_leaves(side: Side, out):
     return [t for _, t in flatten(out, ad.is_tensor) if ad.is_tensor(t) and ad.is_floating(t)]
 
 
-def run_side(side: Side, call, *, opts: Options, loss_fn, need_loss: bool, plan_links, is_ref: bool,
-             layer_map=None):
-    """Record one model's forward (and backward): returns the trace and parameter grads."""
+class SideRun:
+    """One model's run of one step: its trace, its parameter gradients by dotted path, and the
+    recorder's walk (layer objects by key, for single-step replay)."""
+
+    def __init__(self, trace, grads, walk):
+        self.trace = trace
+        self.grads = grads
+        self.walk = walk
+
+
+def _loss_of(side: Side, out, loss_fn):
+    ad = side.adapter
+    if loss_fn is not None:
+        try:
+            loss = loss_fn(out)
+        except Exception as exc:
+            raise PadiffError(
+                f"The {side.label} loss_fn raised {type(exc).__name__}: {exc}. A loss_fn takes the model's "
+                "output and returns a scalar tensor (bind labels with functools.partial)."
+            ) from exc
+        if not ad.is_tensor(loss):
+            raise PadiffError(f"The {side.label} loss_fn returned a {type(loss).__name__}, not a tensor: it must "
+                              "return a scalar tensor of its framework.")
+        return loss
+    leaves = _float_leaves(side, out)
+    if not leaves:
+        raise PadiffError(
+            f"The {side.label} model's output ({type(out).__name__}) holds no floating-point tensor, so padiff "
+            "cannot form its default loss (the mean of the output). Pass loss_fn=[fn_for_first_model, "
+            "fn_for_second_model], or use diff_phase='forward'."
+        )
+    return ad.default_loss(leaves)
+
+
+def run_side(side: Side, call, *, opts: Options, loss_fn, need_loss: bool, param_paths, keep_inputs: bool,
+             layer_map=None) -> SideRun:
+    """Record one model's forward (and backward); read its parameter gradients."""
     ad = side.adapter
     stop = layer_map.stops if layer_map is not None else None
-    rec = Recorder(ad, side.model, side.name, grads=opts.check_backward, stop_at=stop)
-    grads = {}
+    rec = Recorder(ad, side.model, side.name, grads=opts.check_backward, keep_inputs=keep_inputs, stop_at=stop,
+                   api=opts.api_check, extra_api=opts.thirdparty_api + registered_apis())
     with rec:
         out = rec.run(call, side.label)
         if need_loss:
-            if loss_fn is not None:
-                try:
-                    loss = loss_fn(out)
-                except Exception as exc:
-                    raise PadiffError(
-                        f"The {side.label} loss_fn raised {type(exc).__name__}: {exc}. A loss_fn takes the "
-                        "model's output and returns a scalar tensor (bind labels with functools.partial)."
-                    ) from exc
-                if not ad.is_tensor(loss):
-                    raise PadiffError(
-                        f"The {side.label} loss_fn returned a {type(loss).__name__}, not a tensor: it must return "
-                        "a scalar tensor of its framework."
-                    )
-            else:
-                leaves = _float_leaves(side, out)
-                if not leaves:
-                    raise PadiffError(
-                        f"The {side.label} model's output ({type(out).__name__}) holds no floating-point tensor, so "
-                        "padiff cannot form its default loss (the mean of the output). Pass "
-                        "loss_fn=[fn_for_first_model, fn_for_second_model], or use diff_phase='forward'."
-                    )
-                loss = ad.default_loss(leaves)
+            loss = _loss_of(side, out, loss_fn)
             rec.trace.loss = TensorRecord(ad.to_numpy(loss), ad.dtype_name(loss), ad.shape(loss))
             if opts.check_backward:
                 if not ad.requires_grad(loss):
                     raise PadiffError(
-                        f"The {side.label} model's loss does not require a gradient (all parameters frozen, "
-                        "or the model ran under no_grad?): padiff cannot compare the backward. "
-                        "Use diff_phase='forward'."
+                        f"The {side.label} model's loss does not require a gradient (all parameters frozen, or the "
+                        "model ran under no_grad?): padiff cannot compare the backward. Use diff_phase='forward'."
                     )
                 try:
                     ad.backward(loss)
                 except Exception as exc:
-                    where = "" if rec.current_path() is None else f" in `{rec.current_path()}`"
-                    raise PadiffError(f"The {side.label} model's backward raised {type(exc).__name__}{where}: "
-                                      f"{exc}") from exc
+                    raise PadiffError(f"The {side.label} model's backward raised {type(exc).__name__}: {exc}") from exc
+    grads = {}
     if opts.check_backward:
-        for link in plan_links:
-            t = link.src_tensor if is_ref else link.dst_tensor
-            g = ad.param_grad(t)
+        for path, tensor in param_paths:
+            g = ad.param_grad(tensor)
             if g is not None:
-                grads[id(link)] = TensorRecord(ad.to_numpy(g), ad.dtype_name(g), ad.shape(g))
-    return rec.trace, grads
+                grads[path] = TensorRecord(ad.to_numpy(g), ad.dtype_name(g), ad.shape(g))
+    return SideRun(rec.trace, grads, rec.walk)
+
+
+_REGISTERED_APIS: List[str] = []
+
+
+def register_api(*functions) -> None:
+    """Trace these functions as framework calls too (custom ops): dotted names
+    ('paddle3d.ops.iou3d_nms') or the function objects themselves. The same as the
+    PADDLE_THIRDPARTY_API environment variable of seed 001."""
+    for fn in functions:
+        name = fn if isinstance(fn, str) else f"{fn.__module__}.{fn.__qualname__}"
+        if name not in _REGISTERED_APIS:
+            _REGISTERED_APIS.append(name)
+
+
+def registered_apis():
+    return tuple(_REGISTERED_APIS)
 
 
 def _clear_grads(side: Side) -> None:
@@ -200,7 +228,7 @@ def _clear_grads(side: Side) -> None:
             ad.set_grad(p, None)
 
 
-def _pair_of(value, what: str, sides):
+def _pair_of(value, what: str):
     if value is None:
         return None
     if not isinstance(value, (list, tuple)) or len(value) != 2:
@@ -215,26 +243,90 @@ def _step_optimizer(side: Side, opt) -> None:
     elif callable(opt):
         opt()
     else:
-        raise PadiffError(
-            f"The {side.label} optimizer is a {type(opt).__name__}: pass an optimizer of its framework or a "
-            "no-argument function that updates the weights."
-        )
+        raise PadiffError(f"The {side.label} optimizer is a {type(opt).__name__}: pass an optimizer of its framework "
+                          "or a no-argument function that updates the weights.")
+
+
+def _learning_rates(side: Side, opt):
+    return side.adapter.optimizer_lr(opt) if opt is not None and side.adapter.is_optimizer(opt) else None
+
+
+def _step_scheduler(side: Side, sched) -> None:
+    if hasattr(sched, "step"):
+        sched.step()
+    elif callable(sched):
+        sched()
+    else:
+        raise PadiffError(f"The {side.label} scheduler is a {type(sched).__name__}: pass a learning-rate scheduler "
+                          "with .step(), or a no-argument function.")
+
+
+# --- single-step mode -----------------------------------------------------------------------------
+
+def _snapshot(side: Side):
+    ad = side.adapter
+    return [(t, ad.to_numpy(t)) for _, t in ad.all_params(side.model) + ad.all_buffers(side.model)]
+
+
+def _restore(side: Side, snapshot) -> None:
+    ad = side.adapter
+    for t, value in snapshot:
+        ad.set_value(t, value)
+
+
+def single_step_findings(pairing, ref_run: SideRun, test_run: SideRun, test: Side, opts: Options, step: int):
+    """Replay every paired layer of the tested model on the reference's inputs; returns
+    (forward findings, backward findings), each layer's own difference."""
+    from .compare.engine import compare_outputs, compare_grads
+    from .record.replay import Replayer
+
+    replayer = Replayer(test.adapter, test_run.walk.layers, test.model)
+    fwd, bwd = [], []
+    snapshot = _snapshot(test)
+    try:
+        for a in ref_run.trace.exit_order():
+            b = pairing.partner.get(id(a))
+            if b is None or a.kind != "net" or a.parent is None or a.call_args is None:
+                continue
+            net_pairs = [(x, pairing.partner.get(id(x))) for x in a.children if x.kind == "net"]
+            substitute = {}
+            for x, y in net_pairs:
+                if y is not None:
+                    substitute.setdefault(y.layer_key, []).append(x)
+            leaf = not net_pairs
+            backward = opts.check_backward and leaf
+            try:
+                got = replayer.replay(a, b, substitute=substitute, backward=backward)
+            except Exception as exc:
+                raise PadiffError(f"Replaying `{b.label()}` of the {test.label} model on the reference inputs "
+                                  f"(single-step mode) raised {type(exc).__name__}: {exc}") from exc
+            if opts.check_forward:
+                fwd += compare_outputs(a, b, a.outputs, got.outputs, opts, step, "output (own, single step)")
+            if backward and a.grad_in:
+                bwd += compare_grads(a, b, a.grad_in, got.grad_in, opts, step, "input gradient (own, single step)")
+            _clear_grads(test)
+    finally:
+        _restore(test, snapshot)
+        _clear_grads(test)
+    return fwd, bwd
 
 
 # --- the public function ------------------------------------------------------------------------
 
 def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer_map=None,
-              auto_weights=None, steps=None, options=None, **kwargs) -> AlignResult:
+              auto_weights=None, steps=None, options=None, scheduler=None, **kwargs) -> AlignResult:
     """Compare two models layer by layer; returns an :class:`AlignResult` (true when aligned).
 
     ``inputs`` is a pair: the first model's input and the second's (each a dict of keyword
-    arguments, a list/tuple of positional ones, or one tensor). ``loss_fn`` and ``optimizer``
-    are pairs in the same order. Options may be given as keywords or in ``options``.
+    arguments, a list/tuple of positional ones, or one tensor). ``loss_fn``, ``optimizer``
+    and ``scheduler`` are pairs in the same order. Options may be keywords or in ``options``.
     """
     if "loss_fns" in kwargs:
         loss_fn = kwargs.pop("loss_fns") if loss_fn is None else loss_fn
     if "optimizers" in kwargs:
         optimizer = kwargs.pop("optimizers") if optimizer is None else optimizer
+    if "schedulers" in kwargs:
+        scheduler = kwargs.pop("schedulers") if scheduler is None else scheduler
     if auto_weights is not None:
         kwargs["auto_weights"] = auto_weights
     if steps is not None:
@@ -242,8 +334,9 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
     opts = build_options(options, **kwargs)
     sides, ref_i = make_sides(base_model, raw_model)
     ref, test = sides[ref_i], sides[1 - ref_i]
-    loss_fns = _pair_of(loss_fn, "loss_fn", sides)
-    optimizers = _pair_of(optimizer, "optimizer", sides)
+    loss_fns = _pair_of(loss_fn, "loss_fn")
+    optimizers = _pair_of(optimizer, "optimizer")
+    schedulers = _pair_of(scheduler, "scheduler")
     if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
         raise PadiffError(
             "inputs must be a pair (input of the first model, input of the second model), each a dict of "
@@ -253,8 +346,6 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
     if opts.steps > 1 and optimizers is None:
         notes.append(f"steps={opts.steps} without an optimizer would repeat the same step: padiff ran 1 step. "
                      "Pass optimizer=[opt_for_first, opt_for_second] to train several steps.")
-    from dataclasses import replace
-
     opts = replace(opts, use_loss=loss_fns is not None, use_opt=optimizers is not None,
                    steps=opts.steps if optimizers is not None else 1)
     out = _Printer()
@@ -268,6 +359,9 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
             notes.append(f"The {s.label} model is in train mode with random layers ({', '.join(rnd[:3])}"
                          f"{', ...' if len(rnd) > 3 else ''}): their outputs cannot agree. Call .eval() on both "
                          "models, or set their drop probability to 0, before comparing.")
+    if opts.single_step and opts.check_backward:
+        notes.append("single_step with diff_phase including backward runs every layer once more to feed it the "
+                     "reference's output gradient.")
 
     plan = plan_copy(ref, test, layer_map)
     if opts.auto_weights:
@@ -279,8 +373,8 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
         apply_copy(plan)
         out(f"{P} Assign weight success !!!")
     elif not plan.ok:
-        notes.append("Parameters could not be paired between the models, so parameter gradients and weights "
-                      f"are not compared: {plan.failure.message}")
+        notes.append("Parameters could not be paired between the models, so parameter gradients and weights are not "
+                     f"compared: {plan.failure.message}")
     links = [l for l in plan.links if l.is_param] if plan.ok else []
     out(*console.notes_block(notes))
 
@@ -288,43 +382,28 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
     reprs = lambda link: (ref.adapter.layer_repr(link.src_unit.layer), test.adapter.layer_repr(link.dst_unit.layer))
     need_loss = opts.check_backward or loss_fns is not None
     started = time.monotonic()
+    param_paths = {ref_i: [(l.src_path, l.src_tensor) for l in links],
+                   1 - ref_i: [(l.dst_path, l.dst_tensor) for l in links]}
     try:
         for step in range(opts.steps):
-            if opts.steps > 1:
-                out(console.step_header(step) + _eta(step, opts.steps, started))
-            else:
-                out(console.step_header(step))
+            out(console.step_header(step) + (_eta(step, opts.steps, started) if opts.steps > 1 else ""))
             for s in sides:
                 _clear_grads(s)
             runs = {}
             for idx in (ref_i, 1 - ref_i):
-                s = sides[idx]
-                runs[idx] = run_side(s, calls[idx], opts=opts, loss_fn=loss_fns[idx] if loss_fns else None,
-                                     need_loss=need_loss, plan_links=links, is_ref=(idx == ref_i), layer_map=layer_map)
-            (ref_trace, ref_grads), (test_trace, test_grads) = runs[ref_i], runs[1 - ref_i]
-            sr = StepResult(step, ref_trace=ref_trace, test_trace=test_trace)
-            pairing = pair_traces(ref_trace, test_trace, ref_label=ref.label, test_label=test.label,
-                                  skip=_skip_fn(opts))
-            sr.pairing = pairing
-            sr.notes.extend(pairing.notes)
-            forward = compare_forward(pairing, ref_trace.exit_order(), opts, step)
-            sr.max_output_diff = max((f.diff.max_abs for f in forward if f.ref_node is ref_trace.root), default=0.0)
-            sr.forward = forward if opts.check_forward else []
-            if ref_trace.loss is not None and test_trace.loss is not None:
-                tol = tolerance_for(opts, test_trace.loss.dtype, ref_trace.loss.dtype, "loss")
-                d = compare_records(test_trace.loss, ref_trace.loss, tol, "strict")
-                sr.loss = Finding("loss", "loss", "loss", "loss", "loss_fn" if loss_fns else "mean(output)",
-                                  "loss_fn" if loss_fns else "mean(output)", d, step)
-            if opts.check_backward:
-                sr.backward = compare_backward(pairing, ref_trace.backward_events(), opts, step)
-                sr.grads = compare_links(links, lambda l: ref_grads.get(id(l)), lambda l: test_grads.get(id(l)),
-                                         "grad", "grad", opts, step, reprs)
-                for f in sr.grads:
-                    if not f.passed:
-                        f.cause = "Parameter gradient differs: a backward difference."
+                runs[idx] = run_side(sides[idx], calls[idx], opts=opts, loss_fn=loss_fns[idx] if loss_fns else None,
+                                     need_loss=need_loss, param_paths=param_paths[idx],
+                                     keep_inputs=opts.single_step and idx == ref_i, layer_map=layer_map)
+            ref_run, test_run = runs[ref_i], runs[1 - ref_i]
+            sr = _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_map)
+            sr.loss = _loss_finding(ref_run, test_run, loss_fns, opts, step)
             if optimizers is not None:
+                lrs = [_learning_rates(sides[i], optimizers[i]) for i in (ref_i, 1 - ref_i)]
                 for idx in (ref_i, 1 - ref_i):
                     _step_optimizer(sides[idx], optimizers[idx])
+                    if schedulers is not None:
+                        _step_scheduler(sides[idx], schedulers[idx])
+                sr.lr = _lr_findings(lrs, opts, step)
                 sr.weights = compare_links(
                     links,
                     lambda l: TensorRecord(ref.adapter.to_numpy(l.src_tensor), ref.adapter.dtype_name(l.src_tensor)),
@@ -333,11 +412,12 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
                 grads_ok = all(f.passed for f in sr.grads)
                 for f in sr.weights:
                     if not f.passed:
-                        f.cause = ("The gradients agreed before the optimizer step, so this is an optimizer "
-                                   "difference (hyper-parameters, weight decay, epsilon?)." if grads_ok else
+                        f.cause = ("The gradients agreed before the optimizer step, so this is an optimizer difference "
+                                   "(learning rate, momentum, weight decay, epsilon?)." if grads_ok else
                                    "The gradients already differed, so this follows from the backward difference.")
             result.steps.append(sr)
             out(f"{P} Max elementwise output diff is {sr.max_output_diff}")
+            out(*console.notes_block(sr.notes))
             first = sr.first_failure
             if first is not None:
                 result.first = first
@@ -357,14 +437,77 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
     if result.passed:
         out(f"{P} SUCCESS !!!")
     else:
-        _render_failure(result, out, sides, ref, test, ref_i, opts)
+        _render_failure(result, out, ref, test, ref_i, opts)
     result.report = out.text()
     return result
 
 
+def _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_map) -> StepResult:
+    sr = StepResult(step, ref_trace=ref_run.trace, test_trace=test_run.trace)
+    mapped = {}
+    if layer_map is not None:
+        for a, b in layer_map.pairs():
+            mapped[id(a)] = id(b)
+            mapped[id(b)] = id(a)
+    pairing = pair_traces(ref_run.trace, test_run.trace, ref_label=ref.label, test_label=test.label,
+                          skip=_skip_fn(opts), mapped=mapped)
+    sr.pairing = pairing
+    sr.notes.extend(pairing.notes)
+    forward = compare_forward(pairing, ref_run.trace.exit_order(), opts, step)
+    sr.max_output_diff = max((f.diff.max_abs for f in forward if f.ref_node is ref_run.trace.root), default=0.0)
+    if opts.single_step:
+        normal_first = next((f for f in forward if not f.passed), None)
+        fwd, bwd = single_step_findings(pairing, ref_run, test_run, test, opts, step)
+        sr.forward, sr.backward = fwd, bwd
+        bad = [f for f in fwd + bwd if not f.passed]
+        if normal_first is not None:
+            sr.notes.append(f"Without single-step the first difference is at `{normal_first.ref_path}`; single-step "
+                            f"finds {len(bad)} layer(s) whose own difference exceeds tolerance.")
+    else:
+        sr.forward = forward if opts.check_forward else []
+        if opts.check_backward:
+            sr.backward = compare_backward(pairing, ref_run.trace.backward_events(), opts, step)
+    if opts.check_backward:
+        sr.grads = compare_links(links, lambda l: ref_run.grads.get(l.src_path), lambda l: test_run.grads.get(l.dst_path),
+                                 "grad", "grad", opts, step, reprs)
+        for f in sr.grads:
+            if not f.passed:
+                f.cause = "Parameter gradient differs: a backward difference."
+    return sr
+
+
+def _loss_finding(ref_run, test_run, loss_fns, opts, step):
+    a, b = ref_run.trace.loss, test_run.trace.loss
+    if a is None or b is None:
+        return None
+    tol = tolerance_for(opts, b.dtype, a.dtype, "loss")
+    name = "loss_fn" if loss_fns else "mean(output)"
+    f = Finding("loss", "loss", "loss", "loss", name, name, compare_records(b, a, tol, "strict"), step)
+    if not f.passed:
+        f.cause = "The losses differ while every layer output agreed: look at the loss functions." 
+    return f
+
+
+def _lr_findings(lrs, opts, step):
+    a, b = lrs
+    if a is None or b is None:
+        return []
+    from .compare.metrics import Tolerance
+
+    tol = Tolerance(0.0, 1e-6, False) if opts.atol is None and opts.rtol is None else tolerance_for(opts, "float64", "float64")
+    va, vb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if va.shape != vb.shape:  # torch keeps one lr per parameter group, paddle one per optimizer
+        va, vb = va[:1], vb[:1]
+    d = compare_arrays(vb, va, tol)
+    f = Finding("lr", "learning rate", "optimizer", "optimizer", "lr", "lr", d, step)
+    if not d.passed:
+        f.cause = f"The learning rates in force differ at step {step}: {list(va)} vs {list(vb)} (check the schedulers)."
+    return [f]
+
+
 def _eta(step: int, steps: int, started: float) -> str:
     if step == 0:
-        return f" ({step}/{steps} done)"
+        return f" (0/{steps} done)"
     per = (time.monotonic() - started) / step
     return f" ({step}/{steps} done, about {per * (steps - step):.0f}s left)"
 
@@ -372,16 +515,18 @@ def _eta(step: int, steps: int, started: float) -> str:
 def _skip_fn(opts: Options):
     if not opts.skip_wrap_layer:
         return lambda n: False
-    return lambda n: not n.has_params
+    return lambda n: n.kind == "net" and not n.has_params
 
 
-def _render_failure(result: AlignResult, out, sides, ref, test, ref_i, opts):
+def _render_failure(result: AlignResult, out, ref, test, ref_i, opts):
     sr = result.steps[-1]
     first = result.first
     lines, files = console.failure_block(first, sr, ref_side=ref, test_side=test, first_is_ref=(ref_i == 0),
                                          options=opts, log_dir=opts.log_dir)
     out(*lines)
     result.log_files.extend(files)
+    if opts.single_step:
+        out(*console.single_step_list(sr, ref_side=ref, test_side=test))
     for findings, name, heading in ((sr.weights, "weight_diff.log", "After the optimizer step, weight value is different."),
                                     (sr.grads, "grad_diff.log", "After backward, grad value is different.")):
         bad = [f for f in findings if not f.passed]
@@ -390,5 +535,8 @@ def _render_failure(result: AlignResult, out, sides, ref, test, ref_i, opts):
                                      console.param_blocks(bad, heading=heading, ref_side=ref, test_side=test))
             result.log_files.append(path)
             what = "model weights" if name.startswith("weight") else "model grad"
-            out(f"{P} Diff found in {what} ({len(bad)} of {len(findings)} parameters), check report `{path}`.")
+            extra = ""
+            if name.startswith("weight") and bad[0].cause.startswith("The gradients agreed"):
+                extra = " The gradients agreed: an optimizer difference."
+            out(f"{P} Diff found in {what} ({len(bad)} of {len(findings)} parameters), check report `{path}`.{extra}")
     out(f"{P} FAILED !!!")

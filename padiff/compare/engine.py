@@ -28,15 +28,33 @@ def _compare_lists(ref: List[Tuple[str, TensorRecord]], test: List[Tuple[str, Te
     return out
 
 
+def compare_outputs(a: Node, b: Node, ref_outputs, test_outputs, options, step: int,
+                    what: str = "output") -> List[Finding]:
+    return [Finding("forward", w, a.label(), b.label(), a.name, b.name, diff, step, ref_node=a, test_node=b)
+            for w, diff in _compare_lists(ref_outputs, test_outputs, options, a.path, what)]
+
+
+def compare_grads(a: Node, b: Node, ref_grads, test_grads, options, step: int, what: str) -> List[Finding]:
+    """Gradients keyed by id path; a gradient that reached only one side is a finding."""
+    findings = []
+    for k in ref_grads:
+        if k not in test_grads:
+            d = TensorDiff(False, (), (), "", "", None, problem="structure",
+                           detail=f"Only the reference model's {show_id(k, what)} received a gradient.")
+        else:
+            tol = tolerance_for(options, test_grads[k].dtype, ref_grads[k].dtype, a.path)
+            d = compare_records(test_grads[k], ref_grads[k], tol, options.compare_mode)
+        findings.append(Finding("backward", show_id(k, what), a.label(), b.label(), a.name, b.name, d, step,
+                                ref_node=a, test_node=b))
+    return findings
+
+
 def compare_forward(pairing: Pairing, ref_order: List[Node], options, step: int) -> List[Finding]:
     findings = []
     for a in ref_order:
         b = pairing.partner.get(id(a))
-        if b is None:
-            continue
-        for what, diff in _compare_lists(a.outputs, b.outputs, options, a.path, "output"):
-            findings.append(Finding("forward", what, a.label(), b.label(), a.name, b.name, diff, step,
-                                    ref_node=a, test_node=b))
+        if b is not None:
+            findings += compare_outputs(a, b, a.outputs, b.outputs, options, step)
     return findings
 
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
+import difflib
+
 from ..errors import PadiffError
 from ..record.trace import Node, Trace
+from .api_names import canonical
 
 
 @dataclass
@@ -64,7 +67,10 @@ def pair_traces(ref: Trace, test: Trace, *, ref_label: str, test_label: str,
         result.add(a, b)
         if leaf(a, b) or a.layer_key in mapped:
             return
-        ca, cb = _visible_children(a, skip), _visible_children(b, skip)
+        va, vb = _visible_children(a, skip), _visible_children(b, skip)
+        _pair_api_calls([c for c in va if c.kind == "api"], [c for c in vb if c.kind == "api"], result)
+        ca = [c for c in va if c.kind == "net"]
+        cb = [c for c in vb if c.kind == "net"]
         if len(ca) != len(cb):
             wa = [c for c in ca if c.has_params]
             wb = [c for c in cb if c.has_params]
@@ -93,3 +99,25 @@ def pair_traces(ref: Trace, test: Trace, *, ref_label: str, test_label: str,
     visit(ref.root, test.root)
     return result
 
+
+def _api_key(node: Node):
+    return canonical(node.name), tuple(tuple(r.shape) for _, r in node.outputs)
+
+
+def _pair_api_calls(ca: List[Node], cb: List[Node], result: Pairing) -> None:
+    """Framework calls inside one layer pair by order, as the longest common sequence of
+    (operation, output shapes): an extra reshape on one side, or a call whose layout differs
+    between frameworks, is left unpaired instead of shifting every later pair."""
+    if not ca or not cb:
+        result.unpaired.extend(ca or cb)
+        return
+    matcher = difflib.SequenceMatcher(a=[_api_key(n) for n in ca], b=[_api_key(n) for n in cb], autojunk=False)
+    paired_a, paired_b = set(), set()
+    for block in matcher.get_matching_blocks():
+        for k in range(block.size):
+            x, y = ca[block.a + k], cb[block.b + k]
+            result.add(x, y)
+            paired_a.add(id(x))
+            paired_b.add(id(y))
+    result.unpaired.extend(n for n in ca if id(n) not in paired_a)
+    result.unpaired.extend(n for n in cb if id(n) not in paired_b)

@@ -30,7 +30,9 @@ class Adapter:
         return type(layer).__module__.startswith("paddle.")
 
     def is_container(self, layer) -> bool:
-        return isinstance(layer, _CONTAINERS)
+        # paddle's own LSTM/GRU/SimpleRNN subclass LayerList but are layers, not containers
+        return isinstance(layer, _CONTAINERS) and (
+            type(layer) in _CONTAINERS or not type(layer).__module__.startswith("paddle."))
 
     def named_children(self, layer):
         return list(layer.named_children())
@@ -79,6 +81,16 @@ class Adapter:
     def remove_hook(self, handle) -> None:
         handle.remove()
 
+    # --- framework calls (API tracing) ---------------------------------------------------
+    def api_functional(self):
+        return paddle.nn.functional, "paddle.nn.functional"
+
+    def api_top_level(self):
+        return paddle, "paddle"
+
+    def api_tensor_class(self):
+        return paddle.Tensor, "paddle.Tensor"
+
     # --- tensors -------------------------------------------------------------------------
     def to_numpy(self, tensor) -> np.ndarray:
         t = tensor.detach()
@@ -109,6 +121,18 @@ class Adapter:
         out = tensor.detach().clone()
         out.stop_gradient = not tensor.is_floating_point()
         return out
+
+    def from_array(self, array, dtype_name: str, like=None):
+        """A tensor of ``dtype_name`` holding ``array``, on the device of ``like``."""
+        t = paddle.to_tensor(np.ascontiguousarray(array), place=like.place if like is not None else None)
+        return t.astype(dtype_name) if self.dtype_name(t) != dtype_name else t
+
+    def mark_requires_grad(self, tensor):
+        tensor.stop_gradient = False
+        return tensor
+
+    def tensor_grad(self, tensor):
+        return tensor.grad
 
     # --- autograd ------------------------------------------------------------------------
     def default_loss(self, tensors):
@@ -172,3 +196,11 @@ class Adapter:
 
     def scheduler_step(self, sched) -> None:
         sched.step()
+
+    # --- state files (the checkpoint converter) ------------------------------------------
+    def save_file(self, obj, path) -> None:
+        paddle.save(obj, path)
+
+    def state_items(self, model):
+        """(state_dict key, the model's own tensor) pairs; aliases share one tensor."""
+        return list(model.state_dict().items())

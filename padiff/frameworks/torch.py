@@ -86,6 +86,16 @@ class Adapter:
     def remove_hook(self, handle) -> None:
         handle.remove()
 
+    # --- framework calls (API tracing) ---------------------------------------------------
+    def api_functional(self):
+        return torch.nn.functional, "torch.nn.functional"
+
+    def api_top_level(self):
+        return torch, "torch"
+
+    def api_tensor_class(self):
+        return torch.Tensor, "torch.Tensor"
+
     # --- tensors -------------------------------------------------------------------------
     def to_numpy(self, tensor) -> np.ndarray:
         t = tensor.detach()
@@ -114,6 +124,19 @@ class Adapter:
     def detach_requires_grad(self, tensor):
         """A fresh leaf with the same value that records its gradient."""
         return tensor.detach().clone().requires_grad_(tensor.is_floating_point())
+
+    def from_array(self, array, dtype_name: str, like=None):
+        """A tensor of ``dtype_name`` holding ``array``, on the device of ``like``."""
+        t = torch.as_tensor(np.ascontiguousarray(array))
+        dtype = getattr(torch, dtype_name, None)
+        return t.to(dtype=dtype if isinstance(dtype, torch.dtype) else t.dtype,
+                    device=like.device if like is not None else "cpu")
+
+    def mark_requires_grad(self, tensor):
+        return tensor.requires_grad_(True)
+
+    def tensor_grad(self, tensor):
+        return tensor.grad
 
     # --- autograd ------------------------------------------------------------------------
     def default_loss(self, tensors):
@@ -174,3 +197,11 @@ class Adapter:
         with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": intended here
             warnings.simplefilter("ignore", UserWarning)
             sched.step()
+
+    # --- state files (the checkpoint converter) ------------------------------------------
+    def load_file(self, path):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def state_items(self, model):
+        """(state_dict key, the model's own tensor) pairs."""
+        return list(model.state_dict(keep_vars=True).items())

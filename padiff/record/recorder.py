@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 from ..errors import PadiffError, PadiffInternalError
 from ..structure import flatten
+from .api import ApiPatcher, api_targets
 from .trace import Node, SourceFrame, TensorRecord, Trace
 
 _PADIFF_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,12 +83,15 @@ class Recorder:
     """
 
     def __init__(self, adapter, model, root_name: str, *, grads: bool, keep_inputs: bool = False,
-                 stop_at: Callable = None, skip_wrap: bool = False):
+                 stop_at: Callable = None, api: bool = False, extra_api: Sequence[str] = ()):
         self.adapter = adapter
         self.model = model
         self.grads = grads
         self.keep_inputs = keep_inputs
-        self.skip_wrap = skip_wrap
+        self.api = api
+        self.extra_api = tuple(extra_api)
+        self._patcher = None
+        self._in_api = False
         self.walk = LayerWalk(adapter, model, root_name, stop_at)
         self.trace = Trace(adapter.name, root_name)
         self._handles: List = []
@@ -108,6 +112,9 @@ class Recorder:
                 layer = self.walk.layers[key]
                 pre, post = self._make_hooks(key)
                 self._handles.extend(self.adapter.add_forward_hooks(layer, pre, post))
+            if self.api:
+                self._patcher = ApiPatcher(api_targets(self.adapter, self.extra_api), self._on_api_call)
+                self._patcher.__enter__()
         except BaseException:
             self._remove_all()
             raise
@@ -124,7 +131,13 @@ class Recorder:
 
     def _remove_all(self):
         handles, self._handles = self._handles, []
+        patcher, self._patcher = self._patcher, None
         errors = []
+        if patcher is not None:
+            try:
+                patcher.__exit__(None, None, None)
+            except Exception as e:
+                errors.append(e)
         for h in handles:
             try:
                 self.adapter.remove_hook(h)
@@ -155,6 +168,48 @@ class Recorder:
         finally:
             self._stack.clear()
             self._run_frame = None
+
+    # --- framework calls ---------------------------------------------------------------
+    def _on_api_call(self, name, original, args, kwargs):
+        if self._in_api or not self._stack:
+            return original(*args, **kwargs)
+        self._in_api = True  # nested calls, and padiff's own work below, are not recorded
+        try:
+            parent = self._stack[-1]
+            count = sum(1 for c in parent.children if c.kind == "api" and c.name == name)
+            node = Node(index=len(self.trace.nodes), kind="api", name=name, path=parent.path,
+                        layer_key=-1, parent=parent, call_count=count)
+            node.enter_seq = self._seq
+            self._seq += 1
+            node.frames = user_frames(self._internal, self._run_frame)
+            out = original(*args, **kwargs)
+            node.exit_seq = self._seq
+            self._seq += 1
+            parent.children.append(node)
+            self.trace.nodes.append(node)
+            self._record_outputs(node, out)
+            return out
+        finally:
+            self._in_api = False
+
+    def _record_outputs(self, node: Node, output) -> None:
+        ad = self.adapter
+        for id_path, leaf in flatten(output, ad.is_tensor):
+            node.outputs.append((id_path, self._record(leaf)))
+            if self.grads and ad.is_tensor(leaf) and ad.requires_grad(leaf):
+                self._handles.append(ad.add_grad_hook(leaf, self._grab_grad(node.grad_out, id_path)))
+
+    def _skeleton(self, value):
+        """The call's arguments with every tensor replaced by its record (for re-running)."""
+        ad = self.adapter
+        if ad.is_tensor(value):
+            return self._record(value)
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._skeleton(v) for v in value) if not hasattr(value, "_fields") else \
+                type(value)(*(self._skeleton(v) for v in value))
+        if isinstance(value, dict):
+            return {k: self._skeleton(v) for k, v in value.items()}
+        return value
 
     # --- hooks ---------------------------------------------------------------------------
     def _record(self, value) -> TensorRecord:
@@ -194,14 +249,11 @@ class Recorder:
                 parent.children.append(node)
             self.trace.nodes.append(node)
             self._stack.append(node)
-            if self.grads or self.keep_inputs:
-                leaves = flatten((args, kwargs or {}), ad.is_tensor)
-                for id_path, leaf in leaves:
-                    if not ad.is_tensor(leaf):
-                        continue
-                    if self.keep_inputs:
-                        node.inputs.append((id_path, self._record(leaf)))
-                    if self.grads and ad.requires_grad(leaf):
+            if self.keep_inputs:
+                node.call_args = (self._skeleton(tuple(args)), self._skeleton(dict(kwargs or {})))
+            if self.grads:
+                for id_path, leaf in flatten((args, kwargs or {}), ad.is_tensor):
+                    if ad.is_tensor(leaf) and ad.requires_grad(leaf):
                         self._handles.append(ad.add_grad_hook(leaf, self._grab_grad(node.grad_in, id_path)))
             return None
 
@@ -211,10 +263,18 @@ class Recorder:
             node = self._stack.pop()
             node.exit_seq = self._seq
             self._seq += 1
-            for id_path, leaf in flatten(output, ad.is_tensor):
-                node.outputs.append((id_path, self._record(leaf)))
-                if self.grads and ad.is_tensor(leaf) and ad.requires_grad(leaf):
-                    self._handles.append(ad.add_grad_hook(leaf, self._grab_grad(node.grad_out, id_path)))
+            self._record_outputs(node, output)
+            if self.keep_inputs:
+                node.out_skeleton = self._skeleton(output)
             return None
 
-        return pre, post
+        def quiet(hook):
+            def run(*a):
+                prev, self._in_api = self._in_api, True  # padiff's own tensor calls are not traced
+                try:
+                    return hook(*a)
+                finally:
+                    self._in_api = prev
+            return run
+
+        return quiet(pre), quiet(post)

@@ -57,7 +57,8 @@ class Node:
     exit_seq: int = -1
     has_params: bool = False
     outputs: List[Tuple[str, TensorRecord]] = field(default_factory=list)
-    inputs: List[Tuple[str, TensorRecord]] = field(default_factory=list)
+    call_args: Any = None  # (args, kwargs) with tensors as TensorRecords; single-step mode only
+    out_skeleton: Any = None  # the output, nested as returned, likewise
     grad_out: Dict[str, TensorRecord] = field(default_factory=dict)
     grad_in: Dict[str, TensorRecord] = field(default_factory=dict)
     frames: Tuple[SourceFrame, ...] = ()  # user's frames, outermost first, ending at the call
@@ -76,7 +77,10 @@ class Node:
         return d
 
     def label(self) -> str:
-        return f"{self.path}" if self.call_count == 0 else f"{self.path} (call {self.call_count + 1})"
+        """The dotted path, with the API name for framework calls and the call number when a
+        layer or API runs more than once."""
+        text = self.path if self.kind == "net" else f"{self.path} > {self.name}"
+        return text if self.call_count == 0 else f"{text} (call {self.call_count + 1})"
 
 
 @dataclass

@@ -146,3 +146,15 @@ def param_blocks(findings: List[Finding], *, heading: str, ref_side, test_side) 
 
 def notes_block(notes: Sequence[str]) -> List[str]:
     return [f"{P} NOTE: {n}" for n in notes]
+
+
+def single_step_list(step: StepResult, *, ref_side, test_side) -> List[str]:
+    """Every layer whose own difference exceeds tolerance, in execution order (single-step)."""
+    bad = [f for f in step.forward + step.backward if not f.passed]
+    lines = [f"{P} Single-step: {len(bad)} layer(s) differ on their own (each run on the reference's inputs):"]
+    for f in bad:
+        d = f.diff
+        figures = d.detail if d.problem else (f"max abs {d.max_abs:.3g}, max rel {d.max_rel:.3g}, "
+                                              f"rel-L2 {d.rel_l2:.3g}, {d.mismatched}/{d.numel} over tolerance")
+        lines.append(f"{P}     {f.stage:<8} {f.test_path}  ({f.test_type} vs {f.ref_type}): {f.what}: {figures}")
+    return lines
