@@ -4,7 +4,8 @@ The core imports no framework; torch and paddle are reached through adapters, im
 when a user's object needs them.
 """
 
-from .auto_diff import auto_diff
+from . import auto_diff as auto_diff_module
+from .auto_diff import auto_diff, register_api
 from .compare.result import AlignResult, Finding, StepResult
 from .errors import PadiffError, PadiffInternalError
 from .options import Options, build_options
@@ -14,7 +15,7 @@ from .weights.layer_map import LayerMap
 from .weights.rules import register_rule
 
 __all__ = [
-    "auto_diff", "assign_weight", "LayerMap", "register_rule",
+    "auto_diff", "register_api", "assign_weight", "LayerMap", "register_rule",
     "AlignResult", "Finding", "StepResult", "Options", "build_options",
     "PadiffError", "PadiffInternalError",
     "ReprodLogger", "ReprodDiffHelper", "check_checkpoints",

@@ -63,10 +63,26 @@ def _accepts(fn, keys) -> bool:
     return set(keys) <= names
 
 
-def make_call(side: Side, inp, notes: List[str]):
+def _with_grad_leaves(side: Side, value):
+    """The same nested input with every floating tensor replaced by a fresh copy that records
+    its gradient: the backward then reaches the input (and runs for weightless models). The
+    user's own tensors are not touched."""
+    ad = side.adapter
+    if ad.is_tensor(value):
+        return ad.detach_requires_grad(value) if ad.is_floating(value) else value
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_with_grad_leaves(side, v) for v in value)
+    if isinstance(value, dict):
+        return {k: _with_grad_leaves(side, v) for k, v in value.items()}
+    return value
+
+
+def make_call(side: Side, inp, notes: List[str], grad_inputs: bool = False):
     """A no-argument callable running the model on one side's input: a dict is passed as
     keywords, a list/tuple as positional arguments, anything else as the single argument."""
     model = side.model
+    if grad_inputs:
+        inp = _with_grad_leaves(side, inp)
     if isinstance(inp, dict):
         fwd = side.adapter.forward_callable(model)
         if _accepts(fwd, inp.keys()):
@@ -217,6 +233,13 @@ def register_api(*functions) -> None:
             _REGISTERED_APIS.append(name)
 
 
+def unregister_api(*functions) -> None:
+    for fn in functions:
+        name = fn if isinstance(fn, str) else f"{fn.__module__}.{fn.__qualname__}"
+        if name in _REGISTERED_APIS:
+            _REGISTERED_APIS.remove(name)
+
+
 def registered_apis():
     return tuple(_REGISTERED_APIS)
 
@@ -278,7 +301,7 @@ def single_step_findings(pairing, ref_run: SideRun, test_run: SideRun, test: Sid
     """Replay every paired layer of the tested model on the reference's inputs; returns
     (forward findings, backward findings), each layer's own difference."""
     from .compare.engine import compare_outputs, compare_grads
-    from .record.replay import Replayer
+    from .record.replay import Replayer, recorded_inputs
 
     replayer = Replayer(test.adapter, test_run.walk.layers, test.model)
     fwd, bwd = [], []
@@ -301,7 +324,10 @@ def single_step_findings(pairing, ref_run: SideRun, test_run: SideRun, test: Sid
                 raise PadiffError(f"Replaying `{b.label()}` of the {test.label} model on the reference inputs "
                                   f"(single-step mode) raised {type(exc).__name__}: {exc}") from exc
             if opts.check_forward:
-                fwd += compare_outputs(a, b, a.outputs, got.outputs, opts, step, "output (own, single step)")
+                for child, received in got.child_inputs:
+                    fwd += compare_outputs(a, b, recorded_inputs(child), received, opts, step, "input",
+                                           f" of {child.label()} (own, single step)")
+                fwd += compare_outputs(a, b, a.outputs, got.outputs, opts, step, "output", " (own, single step)")
             if backward and a.grad_in:
                 bwd += compare_grads(a, b, a.grad_in, got.grad_in, opts, step, "input gradient (own, single step)")
             _clear_grads(test)
@@ -351,7 +377,7 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
     out = _Printer()
     out(*console.options_block(opts.shown()))
 
-    calls = [make_call(s, inp, notes) for s, inp in zip(sides, inputs)]
+    calls = [make_call(s, inp, notes, grad_inputs=opts.check_backward) for s, inp in zip(sides, inputs)]
     check_inputs(sides, inputs, notes)
     for s in sides:
         rnd = _random_layers(s)
@@ -462,12 +488,19 @@ def _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_
         bad = [f for f in fwd + bwd if not f.passed]
         if normal_first is not None:
             sr.notes.append(f"Without single-step the first difference is at `{normal_first.ref_path}`; single-step "
-                            f"finds {len(bad)} layer(s) whose own difference exceeds tolerance.")
+                            f"finds {len(bad)} layer(s) whose own difference exceeds tolerance. (The loss and "
+                            "parameter gradients carry accumulated differences and are not judged in this mode.)")
     else:
         sr.forward = forward if opts.check_forward else []
         if opts.check_backward:
             sr.backward = compare_backward(pairing, ref_run.trace.backward_events(), opts, step)
-    if opts.check_backward:
+        sr.forward, sr.backward, moved = _api_within_failing_layers(sr.forward, sr.backward)
+        if moved:
+            sr.notes.append(
+                f"{len(moved)} framework call(s) differ inside layers whose results agree (first: "
+                f"`{moved[0].test_path}`): the two implementations order those calls differently, so they are "
+                "not counted.")
+    if opts.check_backward and not opts.single_step:
         sr.grads = compare_links(links, lambda l: ref_run.grads.get(l.src_path), lambda l: test_run.grads.get(l.dst_path),
                                  "grad", "grad", opts, step, reprs)
         for f in sr.grads:
@@ -476,9 +509,30 @@ def _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_
     return sr
 
 
+def _api_within_failing_layers(forward, backward):
+    """A framework-call (API) finding counts only where its layer's own result differs too: a
+    call that differs inside an agreeing layer means the implementations order their calls
+    differently (``3.9 * x * (1 - x)`` against ``3.9 * (x - x * x)``), not that they disagree."""
+    moved = []
+
+    def keep(findings):
+        failing_layers = {id(f.ref_node) for f in findings if f.ref_node is not None and f.ref_node.kind == "net"
+                          and not f.passed}
+        kept = []
+        for f in findings:
+            if f.ref_node is not None and f.ref_node.kind == "api" and not f.passed \
+                    and id(f.ref_node.parent) not in failing_layers:
+                moved.append(f)
+            else:
+                kept.append(f)
+        return kept
+
+    return keep(forward), keep(backward), moved
+
+
 def _loss_finding(ref_run, test_run, loss_fns, opts, step):
     a, b = ref_run.trace.loss, test_run.trace.loss
-    if a is None or b is None:
+    if a is None or b is None or opts.single_step:
         return None
     tol = tolerance_for(opts, b.dtype, a.dtype, "loss")
     name = "loss_fn" if loss_fns else "mean(output)"

@@ -29,8 +29,8 @@ def _compare_lists(ref: List[Tuple[str, TensorRecord]], test: List[Tuple[str, Te
 
 
 def compare_outputs(a: Node, b: Node, ref_outputs, test_outputs, options, step: int,
-                    what: str = "output") -> List[Finding]:
-    return [Finding("forward", w, a.label(), b.label(), a.name, b.name, diff, step, ref_node=a, test_node=b)
+                    what: str = "output", suffix: str = "") -> List[Finding]:
+    return [Finding("forward", w + suffix, a.label(), b.label(), a.name, b.name, diff, step, ref_node=a, test_node=b)
             for w, diff in _compare_lists(ref_outputs, test_outputs, options, a.path, what)]
 
 

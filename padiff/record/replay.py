@@ -20,6 +20,15 @@ from .trace import Node, TensorRecord
 class Replayed:
     outputs: List[Tuple[str, TensorRecord]] = field(default_factory=list)
     grad_in: Dict[str, TensorRecord] = field(default_factory=dict)
+    # What each sublayer received, computed by this layer's own code from substituted outputs:
+    # (the reference's call of that sublayer, the inputs it got here).
+    child_inputs: List[Tuple[Node, List[Tuple[str, TensorRecord]]]] = field(default_factory=list)
+
+
+def recorded_inputs(node: Node) -> List[Tuple[str, TensorRecord]]:
+    """The reference call's inputs, flattened as the recorder flattens live ones."""
+    return [(i, r) for i, r in flatten(node.call_args, lambda v: isinstance(v, TensorRecord))
+            if isinstance(r, TensorRecord) and r.is_tensor]
 
 
 class Replayer:
@@ -65,6 +74,18 @@ class Replayer:
         kwargs = self.build(kwargs_s, backward, made)
         handles = []
         calls: Dict[int, int] = {}
+        result = Replayed()
+
+        def make_pre(key):
+            def pre(_layer, c_args, c_kwargs):
+                k = calls.get(key, 0)
+                refs = substitute[key]
+                if k < len(refs):
+                    got = [(i, TensorRecord(ad.to_numpy(t), ad.dtype_name(t), ad.shape(t)))
+                           for i, t in flatten((tuple(c_args), dict(c_kwargs or {})), ad.is_tensor) if ad.is_tensor(t)]
+                    result.child_inputs.append((refs[k], got))
+                return None
+            return pre
 
         def make_post(key):
             def post(_layer, _args, _kwargs, _output):
@@ -79,9 +100,8 @@ class Replayer:
         out = None
         try:
             for key in substitute:
-                handles.extend(ad.add_forward_hooks(self.layers[key], lambda *a: None, make_post(key)))
+                handles.extend(ad.add_forward_hooks(self.layers[key], make_pre(key), make_post(key)))
             out = layer(*args, **kwargs)
-            result = Replayed()
             leaves = flatten(out, ad.is_tensor)
             for id_path, leaf in leaves:
                 if ad.is_tensor(leaf):
