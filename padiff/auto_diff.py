@@ -555,7 +555,7 @@ def _lr_findings(lrs, opts, step):
     d = compare_arrays(vb, va, tol)
     f = Finding("lr", "learning rate", "optimizer", "optimizer", "lr", "lr", d, step)
     if not d.passed:
-        f.cause = f"The learning rates in force differ at step {step}: {list(va)} vs {list(vb)} (check the schedulers)."
+        f.cause = f"The learning rates in force differ at step {step}: {va.tolist()} vs {vb.tolist()} (check the schedulers)."
     return [f]
 
 

@@ -59,12 +59,13 @@ class StepResult:
 
     def all_findings(self) -> List[Finding]:
         loss = [self.loss] if self.loss is not None else []
-        return self.forward + loss + self.backward + self.grads + self.weights + self.lr
+        return self.forward + loss + self.backward + self.grads + self.lr + self.weights
 
     @property
     def first_failure(self) -> Optional[Finding]:
         """The first difference in the order padiff checks: forward (in execution order),
-        loss, backward (in the order backward runs), parameter gradients, weights, learning rate."""
+        loss, backward (in the order backward runs), parameter gradients, the learning rate in
+        force, then the weights after the optimizer step."""
         for f in self.all_findings():
             if not f.passed:
                 return f
