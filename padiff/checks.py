@@ -239,15 +239,17 @@ class _Pairer:
                                value_a=la.value, value_b=lb.value)
             else:
                 d = TensorDiff(False, la.shape, lb.shape, la.dtype, lb.dtype, None, problem="type",
-                               detail=f"A {la.type_name} {la.dtype} (first) vs a {lb.type_name} {lb.dtype} (second): "
-                                      "one is a number, the other is not.")
+                               detail=f"A {la.type_name} (first) vs a {lb.type_name} (second): one holds numbers, "
+                                      "the other does not.")
             self._add(what, d, la.type_name, lb.type_name)
             return
         tol = tolerance_for(self.opts, la.dtype, lb.dtype, what)
         d = compare_arrays(la.array, lb.array, tol, self.opts.compare_mode, la.dtype, lb.dtype)
         if not la.python and not lb.python and la.dtype != lb.dtype:
             kind_a, kind_b = _KIND_WORDS[la.array.dtype.kind], _KIND_WORDS[lb.array.dtype.kind]
-            if kind_a != kind_b and d.problem != "shape":
+            if kind_a != kind_b and d.problem == "shape":
+                self.note(f"{what}: dtypes differ too, {la.dtype} (first) vs {lb.dtype} (second).")
+            elif kind_a != kind_b:
                 values = ("The values are equal within tolerance." if d.passed else
                           "The values differ too:\n" + d.message())
                 d = dataclasses.replace(d, passed=False, problem="type", detail=(

@@ -460,3 +460,14 @@ def test_main_compare_on_saved_files(tmp_path, capsys):
 def test_load_saved_reads_reprod_dicts(tmp_path):
     np.save(tmp_path / "m.npy", {"top1": np.array(0.5)}, allow_pickle=True)
     assert checks.load_saved(str(tmp_path / "m.npy")) == {"top1": np.array(0.5)}
+
+
+def test_compare_a_number_against_a_string_and_shape_with_dtype():
+    r = compare({"n": paddle.to_tensor([1.0]), "s": "a"}, {"n": "1.0", "s": "b"}, quiet=True)
+    assert [f.diff.message() for f in r.mismatches] == [
+        "A paddle.Tensor (first) vs a str (second): one holds numbers, the other does not.",
+        "Values differ: 'a' (first) vs 'b' (second).",
+    ]
+    r = compare(paddle.to_tensor([1, 2, 3]), torch.tensor([1.0, 2.0]), name="ids", quiet=True)
+    assert r.first.diff.message() == "Shapes differ: [3] vs [2]."
+    assert r.notes == ["ids: dtypes differ too, int64 (first) vs float32 (second)."]
