@@ -29,7 +29,7 @@ from urllib.parse import quote
 from ..compare.result import STAGE_TITLES
 from ..errors import PadiffError
 from . import tables
-from .tables import fmt_num, short_figure, source_frame, tolerance_use
+from .tables import fmt_num, short_figure, source_frame, tolerance_use, type_note
 
 HTML_NAME = "padiff_report.html"
 
@@ -179,7 +179,8 @@ def _panel(f, ref_label: str, test_label: str) -> Dict[str, object]:
     return {
         "stage": STAGE_TITLES.get(f.stage, f.stage), "step": f.step, "what": f.what,
         "ref_label": ref_label, "test_label": test_label,
-        "ref_path": f.ref_path, "test_path": f.test_path, "ref_type": f.ref_type, "test_type": f.test_type,
+        "ref_path": f.ref_path, "test_path": f.test_path,
+        "ref_type": type_note(f.ref_path, f.ref_type), "test_type": type_note(f.test_path, f.test_type),
         "message": f.diff.message(), "cause": f.cause,
         "ref_src": _frame(f.ref_node), "test_src": _frame(f.test_node),
     }

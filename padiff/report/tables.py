@@ -208,6 +208,14 @@ def short_figure(diff) -> str:
     return fmt_num(diff.rel_l2)
 
 
+def type_note(path: str, type_name: str) -> str:
+    """" (ReLU)" after a layer's path; nothing where the path already ends with the name
+    (a framework call: "Net.norm > torch.nn.functional.layer_norm")."""
+    if not type_name or path.endswith(type_name) or path.split(" (call ")[0].endswith(type_name):
+        return ""
+    return f" ({type_name})"
+
+
 def source_frame(node):
     """The user's source line that made this call (deepest user frame), or None."""
     frames = getattr(node, "frames", ()) or ()
@@ -282,8 +290,8 @@ def console_summary(result, color: Optional[bool] = None, *, stream=None, files:
         stage = STAGE_TITLES.get(f.stage, f.stage)
         lines.append(f"First diff: {c(stage, 'bold')} in step {f.step}, compared {f.what}")
         w = max(len(ref), len(test)) + 1
-        lines.append(f"  {ref + ':':<{w}} {c(f.ref_path, 'cyan')} ({f.ref_type})")
-        lines.append(f"  {test + ':':<{w}} {c(f.test_path, 'cyan')} ({f.test_type})")
+        lines.append(f"  {ref + ':':<{w}} {c(f.ref_path, 'cyan')}{type_note(f.ref_path, f.ref_type)}")
+        lines.append(f"  {test + ':':<{w}} {c(f.test_path, 'cyan')}{type_note(f.test_path, f.test_type)}")
         for label, node in ((ref, f.ref_node), (test, f.test_node)):
             fr = source_frame(node)
             if fr is not None:
@@ -311,8 +319,13 @@ def console_summary(result, color: Optional[bool] = None, *, stream=None, files:
         closest = _closest(result)
         if closest is not None:
             cf, use = closest
-            lines.append(f"Closest to its tolerance: {_STAGE_WORD.get(cf.stage, cf.stage)} {cf.what} of "
-                         f"{c(cf.ref_path, 'cyan')}, rel L2 {fmt_num(cf.diff.rel_l2)}, "
+            if cf.stage == "loss":
+                where = "the loss"
+            elif cf.stage in ("forward", "backward"):
+                where = f"{cf.stage} {cf.what} of {c(cf.ref_path, 'cyan')}"
+            else:
+                where = f"{cf.what} at {c(cf.ref_path, 'cyan')}"
+            lines.append(f"Closest to its tolerance: {where}, rel L2 {fmt_num(cf.diff.rel_l2)}, "
                          f"max abs {fmt_num(cf.diff.max_abs)} ({use:.0%} of the allowed error)")
     for note in result.notes:
         lines.append(c("Note: ", "yellow") + note)
