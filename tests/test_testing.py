@@ -3,7 +3,6 @@
 import re
 
 import pytest
-import torch
 
 from padiff import AlignResult, PadiffError
 from padiff.testing import assert_aligned

@@ -156,12 +156,12 @@ def write_tables(result, log_dir: str) -> Tuple[str, str]:
                                               "ref_path": first.ref_path, "test_path": first.test_path,
                                               "what": first.what},
         "columns": [{"name": n, "type": t, "description": d} for n, t, d in COLUMNS],
-        "rows": rows,
     }
     json_path = os.path.join(log_dir, JSON_NAME)
+    head = json.dumps(doc, indent=1, allow_nan=False)  # ends with "\n}"
+    body = ",\n".join("  " + json.dumps(row, allow_nan=False) for row in rows)  # one row a line
     with open(json_path, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=1, allow_nan=False)
-        fh.write("\n")
+        fh.write(head[:-2] + ',\n "rows": [' + ("\n" + body + "\n ]" if rows else "]") + "\n}\n")
     return csv_path, json_path
 
 
