@@ -464,6 +464,12 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
         out(f"{P} SUCCESS !!!")
     else:
         _render_failure(result, out, ref, test, ref_i, opts)
+    if opts.report == "html":
+        from .report.html import write_reports
+
+        paths = write_reports(result, opts.log_dir)
+        result.log_files.extend(paths)
+        out(f"{P} Reports: " + paths[0], *[f"{P}          {p}" for p in paths[1:]])
     result.report = out.text()
     return result
 
