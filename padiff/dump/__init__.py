@@ -1,0 +1,9 @@
+"""Offline dumps: record one model's run to a folder (``dump``), compare two folders later, in
+another process, without torch or paddle (``compare_dumps``). The format is docs/dump-format.md."""
+
+from .compare import compare_dumps
+from .format import FORMAT, VERSION
+from .reader import Dump, load_dump
+from .writer import dump
+
+__all__ = ["dump", "compare_dumps", "load_dump", "Dump", "FORMAT", "VERSION"]
