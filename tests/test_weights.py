@@ -138,6 +138,43 @@ def test_mapped_user_blocks_transpose_square_linears():
     assert max_diff(t, p, np.random.RandomState(5).rand(2, 5, 16).astype("float32")) < TOL
 
 
+class TorchStack(torch.nn.Module):
+    def __init__(self, n=3, d=8):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([TorchTransformerBlock(d, 2) for _ in range(n)])
+        self.head = torch.nn.Linear(d, 3)
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return self.head(x)
+
+
+class PaddleStack(paddle.nn.Layer):
+    def __init__(self, n=3, d=8):
+        super().__init__()
+        self.head = paddle.nn.Linear(d, 3)
+        self.layers = paddle.nn.LayerList([PaddleTransformerBlock(d, 2) for _ in range(n)])
+
+    def forward(self, x):
+        for b in self.layers:
+            x = b(x)
+        return self.head(x)
+
+
+def test_stack_of_blocks_built_differently_inside():
+    """Equal blocks whose insides differ (MultiheadAttention against four Linears) are paired
+    block by block, in order, not mixed across blocks."""
+    seeded(8)
+    t, p = TorchStack(), PaddleStack()
+    lm, res, table = _auto(p, t)
+    assert bool(res), table
+    _row(table, "PaddleStack.layers.2.attention", "TorchStack.blocks.2.attn", "conversion rule")
+    _row(table, "PaddleStack.layers.1.ln_2", "TorchStack.blocks.1.norm2")
+    assert _assign(p, t, lm)[0] is True
+    assert max_diff(t, p, np.random.RandomState(12).rand(2, 4, 8).astype("float32")) < TOL
+
+
 # --- LSTM -----------------------------------------------------------------------------------------
 
 def test_lstm_tagger_defined_in_reverse_order():

@@ -12,7 +12,9 @@ The two trees are matched level by level, from the root down:
    counts agree;
 3. a leaf against a whole subtree when a conversion rule exists for the two classes (torch
    ``MultiheadAttention`` against a paddle block of q/k/v Linears);
-4. subtrees that are mostly alike are paired and their insides matched;
+4. subtrees holding as many values as each other (blocks whose insides differ by such a
+   rule), look-alikes again resolved by name, neighbour and order; then subtrees that are
+   mostly alike; the insides of paired subtrees are matched in turn;
 5. otherwise wrappers are opened (their children move up a level) and matching goes on,
    so a ``Sequential(conv, bn)`` on one side meets a flat ``conv, bn`` on the other.
 
@@ -171,6 +173,12 @@ def _key(n: Node):
     return ("T", frozenset(n.counter.items()))
 
 
+def _size_key(n: Node):
+    """Blocks built differently inside (a fused attention against four Linears) still hold
+    the same number of values: the key of subtrees that may be counterparts."""
+    return None if n.is_leaf else ("N", n.numel)
+
+
 def _rel_to(n: Node, base: str) -> str:
     if base and n.rel.startswith(base + "."):
         return n.rel[len(base) + 1:]
@@ -232,6 +240,8 @@ class Matcher:
                 continue
             if self._by_rule(un_s, un_d, done):
                 continue
+            if self._by_key(un_s, un_d, seq_s, seq_d, done, final=False, keyfn=_size_key):
+                continue
             if self._similar(un_s, un_d, done):
                 continue
             if any(not n.is_leaf for n in un_s + un_d):
@@ -276,13 +286,18 @@ class Matcher:
         return self.compat(s, d, False)
 
     # --- 1 and 2: same kind and size ---------------------------------------------------------
-    def _by_key(self, un_s, un_d, seq_s, seq_d, done, final: bool) -> bool:
+    def _by_key(self, un_s, un_d, seq_s, seq_d, done, final: bool, keyfn=None) -> bool:
+        keyfn = keyfn or _key
         gs: Dict[object, List[Node]] = {}
         gd: Dict[object, List[Node]] = {}
         for n in un_s:
-            gs.setdefault(_key(n), []).append(n)
+            k = keyfn(n)
+            if k is not None:
+                gs.setdefault(k, []).append(n)
         for n in un_d:
-            gd.setdefault(_key(n), []).append(n)
+            k = keyfn(n)
+            if k is not None:
+                gd.setdefault(k, []).append(n)
         groups = [(gs[k], gd[k]) for k in gs if k in gd]
         # a) one on each side
         progress = False
