@@ -194,6 +194,36 @@ class TorchSelfAttention(torch.nn.Module):
         return self.o((att @ v).transpose(1, 2).reshape(b, n, d))
 
 
+class TorchFusedAttention(torch.nn.Module):
+    """q, k and v from one fused Linear (timm/ViT style)."""
+
+    def __init__(self, d, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = torch.nn.Linear(d, 3 * d)
+        self.proj = torch.nn.Linear(d, d)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        hd = d // self.heads
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
+        att = TF.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd), dim=-1)
+        return self.proj((att @ v).transpose(1, 2).reshape(b, n, d))
+
+
+class TorchFusedBlock(torch.nn.Module):
+    def __init__(self, d=16, heads=4):
+        super().__init__()
+        self.norm1 = torch.nn.LayerNorm(d)
+        self.attn = TorchFusedAttention(d, heads)
+        self.norm2 = torch.nn.LayerNorm(d)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(d, 4 * d), torch.nn.GELU(), torch.nn.Linear(4 * d, d))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
 # --- A tagger: Embedding, bidirectional 2-layer LSTM, head --------------------------------------
 
 

@@ -10,7 +10,7 @@ import paddle
 import pytest
 import torch
 
-from models_weights import (PaddleBasicBlock, PaddleMHABlock, PaddleMLP, PaddleMLPReordered, PaddleResNet,
+from models_weights import (TorchFusedBlock, PaddleBasicBlock, PaddleMHABlock, PaddleMLP, PaddleMLPReordered, PaddleResNet,
                             PaddleSelfAttention, PaddleTagger, PaddleTransformerBlock, TorchBasicBlock,
                             TorchMLP, TorchResNet, TorchSelfAttention, TorchTagger, TorchTransformerBlock,
                             max_diff, randomize_bn, seeded)
@@ -173,6 +173,39 @@ def test_stack_of_blocks_built_differently_inside():
     _row(table, "PaddleStack.layers.1.ln_2", "TorchStack.blocks.1.norm2")
     assert _assign(p, t, lm)[0] is True
     assert max_diff(t, p, np.random.RandomState(12).rand(2, 4, 8).astype("float32")) < TOL
+
+
+def test_fused_qkv_linear_against_three_linears():
+    """A timm-style fused qkv Linear against separate q, k, v: auto pairs the attention blocks
+    as a whole and the fused weight is split by rows (and transposed)."""
+    seeded(9)
+    t, p = TorchFusedBlock(), PaddleTransformerBlock()
+    lm, res, table = _auto(p, t)
+    assert bool(res), table
+    _row(table, "PaddleTransformerBlock.attention", "PaddleSelfAttention", "TorchFusedBlock.attn",
+         "TorchFusedAttention", "as a whole (parts split)")
+    ok, text = _assign(p, t, lm)
+    assert ok is True, text
+    np.testing.assert_array_equal(p.attention.v.weight.numpy(), t.attn.qkv.weight[32:].detach().numpy().T)
+    assert max_diff(t, p, np.random.RandomState(13).rand(2, 5, 16).astype("float32")) < TOL
+
+
+def test_blocks_that_do_not_correspond_are_not_copied_flat_in_order():
+    """Mapped by hand, two blocks whose parts do not pair fail with a message naming the part
+    (no flat copy in order, which would leave square Linears untransposed)."""
+    t, p = TorchMLP(hidden=4), PaddleMLP(hidden=4)
+    t.fc2 = torch.nn.Linear(4, 4)
+    p.fc2 = paddle.nn.Linear(4, 4)
+    p.extra = paddle.nn.Linear(4, 4)
+    t.other = torch.nn.Conv1d(4, 4, 1)
+    lm = LayerMap()
+    lm.map = {p: t}
+    ok, text = _assign(p, t, lm)
+    assert ok is False
+    assert "`TorchMLP` (TorchMLP) and `PaddleMLP` (PaddleMLP) are built differently: inside them, " \
+           "`PaddleMLP.extra` (Linear) of the paddle model has no partner in the torch model." in text
+    assert "            `PaddleMLP.extra.weight`" in text
+    assert "padiff.register_rule('TorchMLP', 'PaddleMLP', fn)" in text
 
 
 # --- LSTM -----------------------------------------------------------------------------------------

@@ -91,6 +91,7 @@ HOW = {
     "order": "order",
     "rule": "conversion rule",
     "similar": "similar block",
+    "whole": "as a whole (parts split)",
 }
 
 

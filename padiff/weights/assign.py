@@ -186,13 +186,8 @@ def convert_pair(ctx: Ctx, s_layer, d_layer, s_tensors, d_tensors, *, whole: boo
     if rule is not None:
         return _run_rule(rule, src_state, dst_spec, s_kind, d_kind)
     if whole and (_has_inner(ctx.src_ad, s_layer) or _has_inner(ctx.dst_ad, d_layer)):
-        try:
-            return _decompose(ctx, s_layer, d_layer, s_path, d_path)
-        except RuleError as first:
-            try:
-                return in_order(src_state, dst_spec, src_kind=s_kind, dst_kind=d_kind)
-            except RuleError:
-                raise first from None
+        # Not a flat copy in order: that would leave a square Linear untransposed unnoticed.
+        return _decompose(ctx, s_layer, d_layer, s_path, d_path)
     return in_order(src_state, dst_spec, src_kind=s_kind, dst_kind=d_kind)
 
 
@@ -205,6 +200,9 @@ def _decompose(ctx: Ctx, s_layer, d_layer, s_path: str, d_path: str) -> List[Con
     ts = build_tree(ctx.src_ad, s_layer, s_path, ctx.layer_map, enter_root=True)
     td = build_tree(ctx.dst_ad, d_layer, d_path, ctx.layer_map, enter_root=True)
     found = match_trees(ts, td, lambda a, b, whole: node_compat(ctx, a, b, whole), ctx.cross)
+    split = []
+    if found.unpaired_src and found.unpaired_dst:
+        split, found.unpaired_src, found.unpaired_dst = _split_fused(ctx, found.unpaired_src, found.unpaired_dst)
     for nodes, label, other in ((found.unpaired_dst, ctx.dst_ad.name, ctx.src_ad.name),
                                 (found.unpaired_src, ctx.src_ad.name, ctx.dst_ad.name)):
         if nodes:
@@ -214,16 +212,75 @@ def _decompose(ctx: Ctx, s_layer, d_layer, s_path: str, d_path: str) -> List[Con
                 f"differently: inside them, `{n.label()}` ({n.cls}) of the {label} model has no partner in the "
                 f"{other} model. Pair the parts with a LayerMap, or register a rule for the two classes: "
                 f"padiff.register_rule({type(s_layer).__name__!r}, {type(d_layer).__name__!r}, fn).",
-                n.tensors[0][0] if n.tensors and label == ctx.src_ad.name else "",
-                n.tensors[0][0] if n.tensors and label == ctx.dst_ad.name else "",
+                _join(n.rel, n.tensors[0][0]) if n.tensors and label == ctx.src_ad.name else "",
+                _join(n.rel, n.tensors[0][0]) if n.tensors and label == ctx.dst_ad.name else "",
             )
-    out = []
+    out = list(split)
     for m in found.pairs:
         a, b = m.src, m.dst
         conv = convert_pair(ctx, a.layer, b.layer, _node_tensors(ctx.src_ad, a), _node_tensors(ctx.dst_ad, b),
                             whole=not (a.own or b.own), s_path=a.path, d_path=b.path)
         out += [replace(c, src_name=_join(a.rel, c.src_name), dst_name=_join(b.rel, c.dst_name)) for c in conv]
     return out
+
+
+def _out_in(ad, shape) -> Tuple[int, int]:
+    """(out_features, in_features) of a Linear weight in this framework's layout."""
+    return (shape[0], shape[1]) if ad.linear_weight_layout == "out_in" else (shape[1], shape[0])
+
+
+def _split_t(lo: int, hi: int, src_out_in: bool, dst_out_in: bool, is_weight: bool):
+    def t(a: np.ndarray) -> np.ndarray:
+        if not is_weight:
+            return np.ascontiguousarray(a[lo:hi])
+        part = a[lo:hi] if src_out_in else a[:, lo:hi]
+        return np.ascontiguousarray(part.T if src_out_in != dst_out_in else part)
+    return t
+
+
+def _split_fused(ctx: Ctx, srcs: List[Node], dsts: List[Node]):
+    """A fused Linear (``qkv`` with 3E outputs) against consecutive Linears with the same
+    inputs whose outputs add up to it (``q``, ``k``, ``v``): the fused weight is split by
+    rows. Returns the conversions and the nodes still without a partner."""
+    from .rules import family
+
+    out, used, left_s = [], set(), []
+    linear = [d for d in dsts if d.is_leaf and family(d.cls) == "linear"]
+    for s in srcs:
+        st = {n: t for n, t, _ in s.tensors}
+        if not (s.is_leaf and family(s.cls) == "linear" and "weight" in st and len(ctx.src_ad.shape(st["weight"])) == 2):
+            left_s.append(s)
+            continue
+        s_out, s_in = _out_in(ctx.src_ad, ctx.src_ad.shape(st["weight"]))
+        run, total = [], 0
+        for d in linear:
+            if id(d) in used:
+                continue
+            dt = {n: t for n, t, _ in d.tensors}
+            if "weight" not in dt or len(ctx.dst_ad.shape(dt["weight"])) != 2 or ("bias" in dt) != ("bias" in st):
+                continue
+            d_out, d_in = _out_in(ctx.dst_ad, ctx.dst_ad.shape(dt["weight"]))
+            if d_in != s_in or total + d_out > s_out:
+                run, total = [], 0
+                if d_in != s_in or d_out > s_out:
+                    continue
+            run.append((d, d_out))
+            total += d_out
+            if total == s_out:
+                break
+        if total != s_out or len(run) < 2:
+            left_s.append(s)
+            continue
+        s_oi, d_oi = ctx.src_ad.linear_weight_layout == "out_in", ctx.dst_ad.linear_weight_layout == "out_in"
+        lo = 0
+        for d, d_out in run:
+            used.add(id(d))
+            for name in ("weight", "bias") if "bias" in st else ("weight",):
+                t = _split_t(lo, lo + d_out, s_oi, d_oi, name == "weight")
+                note = "split" + (" + transposed" if name == "weight" and s_oi != d_oi else "")
+                out.append(Converted(_join(d.rel, name), _join(s.rel, name), t(ctx.value(st[name])), note, t))
+            lo += d_out
+    return out, left_s, [d for d in dsts if id(d) not in used]
 
 
 def node_compat(ctx: Ctx, s: Node, d: Node, whole: bool) -> bool:

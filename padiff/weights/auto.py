@@ -255,8 +255,16 @@ class Matcher:
         for s, (d, how) in pairs:
             if s.is_leaf or d.is_leaf:
                 self.result.pairs.append(Match(s, d, how))
-            else:
-                self._level(s.kids, d.kids, s.rel, d.rel)
+                continue
+            mark = (len(self.result.pairs), len(self._pool_s), len(self._pool_d))
+            self._level(s.kids, d.kids, s.rel, d.rel)
+            if len(self._pool_s) > mark[1] and len(self._pool_d) > mark[2] and self.compat(s, d, True):
+                # Their insides do not pair one to one, yet the two convert as a whole (a fused
+                # qkv Linear against q, k, v): the pair is copied as a whole.
+                del self.result.pairs[mark[0]:]
+                del self._pool_s[mark[1]:]
+                del self._pool_d[mark[2]:]
+                self.result.pairs.append(Match(s, d, "whole"))
         left_s = [l for n in seq_s if id(n) not in done for l in n.leaves()]
         left_d = [l for n in seq_d if id(n) not in done for l in n.leaves()]
         if final_pool:
