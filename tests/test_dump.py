@@ -296,3 +296,22 @@ def test_user_mistakes(tmp_path):
     assert os.listdir(tmp_path) == ["mine"]  # nothing half-written left behind
     with pytest.raises(PadiffError, match=r"There is no padiff dump at `.*nowhere`: the folder does not exist"):
         compare_dumps(tmp_path / "nowhere", tmp_path / "mine")
+
+
+def test_damaged_or_newer_dumps_are_refused(tmp_path):
+    dump(make_net("paddle"), net_input("paddle"), tmp_path / "d")
+    d = load_dump(tmp_path / "d")
+    node = d.trace(0).root
+    assert node.path == "PaddleNet" and d.framework == "paddle" and d.model_class == "PaddleNet"
+    result = compare_dumps(tmp_path / "d", tmp_path / "d", report="html", atol=0, rtol=0)
+    assert result and result.log_files == [os.path.join(os.environ["PADIFF_LOG_DIR"], "padiff_report.html")]
+    manifest = tmp_path / "d" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"version":1', '"version":2'))
+    with pytest.raises(PadiffError, match=r"The dump `.*d` has format version 2, made by a newer padiff; this padiff "
+                                          r"reads version 1. Upgrade padiff to compare it."):
+        load_dump(tmp_path / "d")
+    manifest.write_text(manifest.read_text().replace('"version":2', '"version":1'))
+    os.remove(tmp_path / "d" / "steps" / "0" / "n0_out0.npy")
+    with pytest.raises(PadiffError, match=r"The padiff dump `.*d` is damaged: 1 array file\(s\) are missing \(first: "
+                                          r"`steps/0/n0_out0.npy`\)"):
+        load_dump(tmp_path / "d")

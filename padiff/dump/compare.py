@@ -103,9 +103,11 @@ def compare_dumps(path_a, path_b, options=None, **kwargs) -> AlignResult:
     else:
         _render_failure(result, out, ref, test, ref_i, opts)
     if opts.report == "html":
-        from ..report.html import write_html  # needs jinja2: imported only when asked for
+        import os
 
-        result.log_files.append(write_html(result, opts.log_dir))
+        from ..report.html import HTML_NAME, write_html  # needs jinja2: imported only when asked for
+
+        result.log_files.append(write_html(result, os.path.join(opts.log_dir, HTML_NAME)))
         out(f"{P} HTML report: `{result.log_files[-1]}`")
     result.report = out.text()
     return result
