@@ -285,6 +285,9 @@ def test_user_mistakes(tmp_path):
     model = make_net("paddle")
     with pytest.raises(PadiffError, match="single_step .* needs both models in one process: use padiff.auto_diff"):
         dump(model, net_input("paddle"), tmp_path / "d", single_step=True)
+    with pytest.raises(PadiffError, match=r"padiff.dump records one model: pass this model's own loss_fn, not a "
+                                          r"pair \(got a list of 2\)"):
+        dump(model, net_input("paddle"), tmp_path / "d", loss_fn=[len, len])
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "data.txt").write_text("keep me")
     with pytest.raises(PadiffError, match=r"`.*mine` exists and is not a padiff dump: padiff.dump will not "

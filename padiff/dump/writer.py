@@ -53,6 +53,10 @@ def dump(model, inputs, path, loss_fn=None, optimizer=None, steps=None, options=
     if not ad.is_layer(model):
         raise PadiffError(f"padiff.dump takes a model (torch.nn.Module or paddle.nn.Layer), got a "
                           f"{type(model).__name__}.")
+    for value, what in ((loss_fn, "loss_fn"), (optimizer, "optimizer"), (scheduler, "scheduler")):
+        if isinstance(value, (list, tuple)):
+            raise PadiffError(f"padiff.dump records one model: pass this model's own {what}, not a pair "
+                              f"(got a {type(value).__name__} of {len(value)}).")
     side = Side(ad, model, type(model).__name__, ad.name)
     notes: List[str] = []
     if opts.steps > 1 and optimizer is None:
