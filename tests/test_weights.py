@@ -406,6 +406,14 @@ def test_layer_map_rejects_what_is_not_a_layer():
         lm.add(fc, fc)
 
 
+def test_a_plain_dict_serves_as_a_layer_map():
+    t, p = TorchMLP(), PaddleMLPReordered()
+    assert _assign(p, t)[0] is False
+    assert _assign(p, t, {p.fc1: t.fc1, t.fc2: p.fc2})[0] is True
+    with pytest.raises(PadiffError, match="layer_map must be a padiff.LayerMap or a dict"):
+        _assign(p, t, [p.fc1, t.fc1])
+
+
 def test_hand_pairs_win_over_auto_pairs():
     t, p = TorchMLP(hidden=4), PaddleMLP(hidden=4)
     t.fc3 = torch.nn.Linear(4, 4)

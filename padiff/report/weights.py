@@ -7,7 +7,8 @@ from typing import List
 from .tree import HERE, render_tree
 
 HINT = """NOTICE: layer/module will be marked with `(skip)` for:
-    1. This layer/module is contained by layer_map (ignored, or mapped and copied as a whole).
+    1. This layer/module is ignored by the layer_map (the insides of a pair the layer_map
+       copies as a whole are not drawn).
     2. This layer/module has no parameter, so padiff thinks it is a wrap layer.
 Hint:
     1. Check the definition order of params in layer/module is the same.

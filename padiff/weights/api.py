@@ -17,6 +17,9 @@ def assign_weight(first_model, second_model, layer_map=None, *, show_path: bool 
     their parameter paths and shapes, both trees with ``<---  *** HERE ***``) and returns False,
     leaving the destination model unchanged.
     """
+    from .layer_map import LayerMap
+
+    layer_map = LayerMap.create_from(layer_map)
     sides, ref_i = make_sides(first_model, second_model)
     src, dst = sides[ref_i], sides[1 - ref_i]
     plan = plan_copy(src, dst, layer_map)

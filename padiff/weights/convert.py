@@ -392,7 +392,10 @@ def convert_checkpoint(src_path, dst_path=None, paddle_model=None, layer_map=Non
     of what was copied, transposed, renamed, split, dropped or left unmatched, and returns
     it as a :class:`ConvertTable`, true when every paddle key got a value.
     """
+    from .layer_map import LayerMap
+
     stream = stream or sys.stdout
+    layer_map = LayerMap.create_from(layer_map)
     torch_ad = get_adapter("torch")
     ckpt, rows, note = _load_checkpoint(src_path, torch_ad)
     shown = os.fspath(src_path) if isinstance(src_path, (str, os.PathLike)) else "(state dict)"

@@ -115,6 +115,19 @@ class LayerMap:
 
         return auto_pairs(self, a, b, stream=stream)
 
+    @staticmethod
+    def create_from(value) -> "LayerMap":
+        """A LayerMap from what a user may pass as ``layer_map``: None, a LayerMap, or a dict
+        {layer_of_one_model: layer_of_the_other}."""
+        if value is None or isinstance(value, LayerMap):
+            return value
+        if hasattr(value, "items"):
+            lm = LayerMap()
+            lm.map = value
+            return lm
+        raise PadiffError(f"layer_map must be a padiff.LayerMap or a dict {{layer_a: layer_b}}, got a "
+                          f"{type(value).__name__}.")
+
     # --- queries used by padiff ------------------------------------------------------------
     def has_pairs(self) -> bool:
         return bool(self._pairs) or bool(self._auto)
