@@ -6,6 +6,7 @@ when a user's object needs them.
 
 from . import auto_diff as auto_diff_module
 from .auto_diff import auto_diff, register_api
+from .checks import CompareResult, check_dataloader, check_schedule, compare
 from .compare.result import AlignResult, Finding, StepResult
 from .errors import PadiffError, PadiffInternalError
 from .options import Options, build_options
@@ -19,5 +20,6 @@ __all__ = [
     "AlignResult", "Finding", "StepResult", "Options", "build_options",
     "PadiffError", "PadiffInternalError",
     "ReprodLogger", "ReprodDiffHelper", "check_checkpoints",
+    "compare", "check_dataloader", "check_schedule", "CompareResult",
 ]
 __version__ = "0.1.0"

@@ -485,7 +485,8 @@ def _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_
                           skip=_skip_fn(opts), mapped=mapped)
     sr.pairing = pairing
     sr.notes.extend(pairing.notes)
-    forward = compare_forward(pairing, ref_run.trace.exit_order(), opts, step)
+    memo: dict = {}  # one step's comparisons of identical record pairs
+    forward = compare_forward(pairing, ref_run.trace.exit_order(), opts, step, memo)
     sr.max_output_diff = max((f.diff.max_abs for f in forward if f.ref_node is ref_run.trace.root), default=0.0)
     if opts.single_step:
         normal_first = next((f for f in forward if not f.passed), None)
@@ -499,7 +500,7 @@ def _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_
     else:
         sr.forward = forward if opts.check_forward else []
         if opts.check_backward:
-            sr.backward = compare_backward(pairing, ref_run.trace.backward_events(), opts, step)
+            sr.backward = compare_backward(pairing, ref_run.trace.backward_events(), opts, step, memo)
         sr.forward, sr.backward, moved = _api_within_failing_layers(sr.forward, sr.backward)
         if moved:
             sr.notes.append(

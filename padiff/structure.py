@@ -11,7 +11,11 @@ from typing import Any, Callable, List, Tuple
 
 
 def _key_text(key) -> str:
-    return f"[{key!r}]" if not isinstance(key, int) else f"[{key}]"
+    if isinstance(key, int):
+        return f"[{key}]"
+    if isinstance(key, str):
+        return '["' + key.replace('"', '\\"') + '"]'
+    return f"[{key!r}]"
 
 
 def flatten(obj: Any, is_leaf: Callable[[Any], bool], prefix: str = "") -> List[Tuple[str, Any]]:

@@ -11,8 +11,23 @@ from .pairing import Pairing
 from .result import Finding
 
 
+def _compare_once(test_rec: TensorRecord, ref_rec: TensorRecord, tol, mode: str, memo) -> TensorDiff:
+    """The same two records are often compared more than once (a layer's output is its last
+    framework call's output; a gradient reaches several hooks): ``memo``, a dict that lives
+    for one step's comparison, makes each pair compared once."""
+    if memo is None or test_rec.array is None or ref_rec.array is None:
+        return compare_records(test_rec, ref_rec, tol, mode)
+    key = (id(test_rec), id(ref_rec), tol, mode)
+    hit = memo.get(key)
+    if hit is not None and hit[0] is test_rec and hit[1] is ref_rec:
+        return hit[2]
+    diff = compare_records(test_rec, ref_rec, tol, mode)
+    memo[key] = (test_rec, ref_rec, diff)
+    return diff
+
+
 def _compare_lists(ref: List[Tuple[str, TensorRecord]], test: List[Tuple[str, TensorRecord]], options,
-                   path: str, what: str) -> List[Tuple[str, TensorDiff]]:
+                   path: str, what: str, memo=None) -> List[Tuple[str, TensorDiff]]:
     """Pair two flattened nested values by position; a structure difference is a finding."""
     out = []
     if len(ref) != len(test):
@@ -24,14 +39,14 @@ def _compare_lists(ref: List[Tuple[str, TensorRecord]], test: List[Tuple[str, Te
         return [(what, d)]
     for (id_r, rec_r), (id_t, rec_t) in zip(ref, test):
         tol = tolerance_for(options, rec_t.dtype, rec_r.dtype, path)
-        out.append((show_id(id_r, what), compare_records(rec_t, rec_r, tol, options.compare_mode)))
+        out.append((show_id(id_r, what), _compare_once(rec_t, rec_r, tol, options.compare_mode, memo)))
     return out
 
 
 def compare_outputs(a: Node, b: Node, ref_outputs, test_outputs, options, step: int,
-                    what: str = "output", suffix: str = "") -> List[Finding]:
+                    what: str = "output", suffix: str = "", memo=None) -> List[Finding]:
     return [Finding("forward", w + suffix, a.label(), b.label(), a.name, b.name, diff, step, ref_node=a, test_node=b)
-            for w, diff in _compare_lists(ref_outputs, test_outputs, options, a.path, what)]
+            for w, diff in _compare_lists(ref_outputs, test_outputs, options, a.path, what, memo)]
 
 
 def compare_grads(a: Node, b: Node, ref_grads, test_grads, options, step: int, what: str) -> List[Finding]:
@@ -53,16 +68,17 @@ def _all_zero(rec: TensorRecord) -> bool:
     return rec.array is not None and not rec.array.any()
 
 
-def compare_forward(pairing: Pairing, ref_order: List[Node], options, step: int) -> List[Finding]:
+def compare_forward(pairing: Pairing, ref_order: List[Node], options, step: int, memo=None) -> List[Finding]:
     findings = []
     for a in ref_order:
         b = pairing.partner.get(id(a))
         if b is not None:
-            findings += compare_outputs(a, b, a.outputs, b.outputs, options, step)
+            findings += compare_outputs(a, b, a.outputs, b.outputs, options, step, memo=memo)
     return findings
 
 
-def compare_backward(pairing: Pairing, ref_events: List[Tuple[Node, str]], options, step: int) -> List[Finding]:
+def compare_backward(pairing: Pairing, ref_events: List[Tuple[Node, str]], options, step: int,
+                     memo=None) -> List[Finding]:
     findings = []
     for a, kind in ref_events:
         b = pairing.partner.get(id(a))
@@ -88,7 +104,7 @@ def compare_backward(pairing: Pairing, ref_events: List[Tuple[Node, str]], optio
                                     ref_node=a, test_node=b))
         for k in keys:
             tol = tolerance_for(options, gb[k].dtype, ga[k].dtype, a.path)
-            diff = compare_records(gb[k], ga[k], tol, options.compare_mode)
+            diff = _compare_once(gb[k], ga[k], tol, options.compare_mode, memo)
             findings.append(Finding("backward", show_id(k, what), a.label(), b.label(), a.name, b.name, diff, step,
                                     ref_node=a, test_node=b))
     return findings

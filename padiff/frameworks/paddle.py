@@ -98,6 +98,10 @@ class Adapter:
             t = t.astype("float32")
         return t.cpu().numpy() if not t.place.is_cpu_place() else t.numpy()
 
+    def version(self, tensor) -> int:
+        """Counter bumped by every in-place change of the tensor."""
+        return int(tensor.inplace_version)
+
     def dtype_name(self, tensor) -> str:
         return str(tensor.dtype).replace("paddle.", "")
 

@@ -103,6 +103,10 @@ class Adapter:
             t = t.float()  # bfloat16, float8, ...: numpy has no such type
         return t.cpu().numpy()
 
+    def version(self, tensor) -> int:
+        """Counter bumped by every in-place change of the tensor."""
+        return int(tensor._version)
+
     def dtype_name(self, tensor) -> str:
         return str(tensor.dtype).replace("torch.", "")
 

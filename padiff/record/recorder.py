@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+import weakref
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..errors import PadiffError, PadiffInternalError
@@ -99,6 +100,8 @@ class Recorder:
         self._seq = 0
         self._calls: Dict[int, int] = {}
         self._active = False
+        self._records: Dict[int, tuple] = {}
+        self._grad_wanted: Dict[int, tuple] = {}
         self._run_frame = None
         self._internal = (os.sep + "torch" + os.sep, os.sep + "paddle" + os.sep)
 
@@ -131,6 +134,8 @@ class Recorder:
 
     def _remove_all(self):
         handles, self._handles = self._handles, []
+        self._records.clear()
+        self._grad_wanted.clear()
         patcher, self._patcher = self._patcher, None
         errors = []
         if patcher is not None:
@@ -197,7 +202,7 @@ class Recorder:
         for id_path, leaf in flatten(output, ad.is_tensor):
             node.outputs.append((id_path, self._record(leaf)))
             if self.grads and ad.is_tensor(leaf) and ad.requires_grad(leaf):
-                self._handles.append(ad.add_grad_hook(leaf, self._grab_grad(node.grad_out, id_path)))
+                self._want_grad(leaf, node.grad_out, id_path)
 
     def _skeleton(self, value):
         """The call's arguments with every tensor replaced by its record (for re-running)."""
@@ -213,19 +218,45 @@ class Recorder:
 
     # --- hooks ---------------------------------------------------------------------------
     def _record(self, value) -> TensorRecord:
+        """One copy per tensor value: a layer's output is often its last framework call's
+        output, or the next layer's input; while the tensor is alive and unchanged (same
+        in-place version) its record is shared, not copied again."""
         ad = self.adapter
-        if ad.is_tensor(value):
-            return TensorRecord(ad.to_numpy(value), ad.dtype_name(value), ad.shape(value))
-        return TensorRecord.plain(value)
+        if not ad.is_tensor(value):
+            return TensorRecord.plain(value)
+        key = id(value)
+        version = ad.version(value)
+        hit = self._records.get(key)
+        if hit is not None and hit[0]() is value and hit[1] == version:
+            return hit[2]
+        rec = TensorRecord(ad.to_numpy(value), ad.dtype_name(value), ad.shape(value))
+        try:
+            self._records[key] = (weakref.ref(value), version, rec)
+        except TypeError:  # a tensor type without weak references: do not share
+            pass
+        return rec
 
-    def _grab_grad(self, store: dict, key: str):
+    def _want_grad(self, tensor, store: dict, key: str) -> None:
+        """Record ``tensor``'s gradient into ``store[key]``: one hook per tensor, however many
+        layers saw it, and one copy of its gradient shared by all of them."""
+        wanted = self._grad_wanted.get(id(tensor))
+        if wanted is not None and wanted[0]() is tensor:
+            wanted[1].append((store, key))
+            return
+        targets = [(store, key)]
         ad = self.adapter
 
         def on_grad(grad):
             if grad is not None:
-                store[key] = TensorRecord(ad.to_numpy(grad), ad.dtype_name(grad), ad.shape(grad))
+                rec = TensorRecord(ad.to_numpy(grad), ad.dtype_name(grad), ad.shape(grad))
+                for st, k in targets:
+                    st[k] = rec
 
-        return on_grad
+        try:
+            self._grad_wanted[id(tensor)] = (weakref.ref(tensor), targets)
+        except TypeError:
+            pass
+        self._handles.append(ad.add_grad_hook(tensor, on_grad))
 
     def _make_hooks(self, key: int):
         ad = self.adapter
@@ -254,7 +285,7 @@ class Recorder:
             if self.grads:
                 for id_path, leaf in flatten((args, kwargs or {}), ad.is_tensor):
                     if ad.is_tensor(leaf) and ad.requires_grad(leaf):
-                        self._handles.append(ad.add_grad_hook(leaf, self._grab_grad(node.grad_in, id_path)))
+                        self._want_grad(leaf, node.grad_in, id_path)
             return None
 
         def post(layer, args, kwargs, output):

@@ -1,0 +1,181 @@
+"""Speed and memory of auto_diff against a bare run of the same models in the same process.
+
+    python bench/bench_speed.py              # all models, about 3 minutes on 2 CPU cores
+    python bench/bench_speed.py --quick      # smaller inputs, for a smoke run
+
+For each model pair it prints:
+  time   auto_diff (forward + backward comparison of every layer and framework call) divided
+         by a bare forward + backward of both models, best of --repeat runs each;
+  memory peak resident memory during auto_diff above the process's resting level, divided by
+         the same for the bare run (each measured in a fresh subprocess);
+  growth resident memory after 10 repeated auto_diff calls minus after the first (MB).
+Targets (issue 9): time <= 1.15x, memory <= 1.3x, no growth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "examples")]
+
+
+def build(kind: str, quick: bool):
+    import numpy as np
+    import paddle
+    import torch
+
+    import models
+
+    if kind == "convnet8":
+        paddle_model, torch_model = models.convnet_pair(width=16, blocks=(2, 2, 2, 2))
+        size = 32 if quick else 64
+        x = np.random.default_rng(0).standard_normal((8, 3, size, size)).astype("float32")
+    elif kind.startswith("encoder"):
+        depth = 24 if kind == "encoder24" else 6
+        dim = 128 if quick else 256
+        paddle_model, torch_model = models.encoder_pair(depth=depth, dim=dim, heads=8, hidden=dim * 4)
+        x = np.random.default_rng(0).standard_normal((8, 64 if quick else 128, dim)).astype("float32")
+    else:
+        raise SystemExit(f"unknown model {kind}")
+    paddle_model.eval()
+    torch_model.eval()
+    from padiff import assign_weight
+
+    assign_weight(paddle_model, torch_model)
+    return paddle_model, torch_model, ({"x": paddle.to_tensor(x)}, {"x": torch.tensor(x)})
+
+
+def bare_step(paddle_model, torch_model, inputs):
+    for model, inp in ((paddle_model, inputs[0]), (torch_model, inputs[1])):
+        out = model(**inp)
+        out.mean().backward()
+    for model in (paddle_model, torch_model):
+        for p in model.parameters():
+            p.grad = None if hasattr(p, "requires_grad") else p.clear_gradient(False)
+
+
+def padiff_step(paddle_model, torch_model, inputs, quiet=True):
+    import contextlib
+    import io
+
+    from padiff import auto_diff
+
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink):
+        result = auto_diff(paddle_model, torch_model, inputs, auto_weights=False)
+    if not result:
+        raise SystemExit("the benchmark pair is not aligned:\n" + sink.getvalue()[-2000:])
+    return result
+
+
+def best_time(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def peak_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def reset_peak() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # resets VmHWM to the current RSS (Linux)
+    except OSError:
+        pass
+
+
+def child(kind: str, mode: str, quick: bool) -> None:
+    """Run in a fresh process: peak memory above the resting level for one kind of run."""
+    paddle_model, torch_model, inputs = build(kind, quick)
+    bare_step(paddle_model, torch_model, inputs)  # warm the allocators
+    if mode == "padiff":
+        padiff_step(paddle_model, torch_model, inputs)
+    gc.collect()
+    rest = rss_mb()
+    reset_peak()
+    if mode == "bare":
+        bare_step(paddle_model, torch_model, inputs)
+    else:
+        padiff_step(paddle_model, torch_model, inputs)
+    peak = peak_mb() - rest
+    growth = None
+    if mode == "padiff":
+        first = rss_mb()
+        for _ in range(9):
+            padiff_step(paddle_model, torch_model, inputs)
+        gc.collect()
+        growth = rss_mb() - first
+    print(json.dumps({"peak": peak, "growth": growth}))
+
+
+def measure_memory(kind: str, quick: bool):
+    out = {}
+    for mode in ("bare", "padiff"):
+        proc = subprocess.run([sys.executable, __file__, "--child", kind, mode] + (["--quick"] if quick else []),
+                              capture_output=True, text=True, timeout=900)
+        lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            raise SystemExit(f"memory child failed for {kind}/{mode}:\n{proc.stderr[-2000:]}")
+        out[mode] = json.loads(lines[-1])
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="convnet8,encoder6,encoder24")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        child(args.child[0], args.child[1], args.quick)
+        return 0
+    print(f"{'model':<10} {'bare s':>8} {'padiff s':>9} {'time':>7} {'target':>7}   {'mem':>6} {'target':>7}   "
+          f"{'growth MB':>9}")
+    for kind in args.models.split(","):
+        paddle_model, torch_model, inputs = build(kind, args.quick)
+        bare_step(paddle_model, torch_model, inputs)
+        padiff_step(paddle_model, torch_model, inputs)
+        bare = best_time(lambda: bare_step(paddle_model, torch_model, inputs), args.repeat)
+        full = best_time(lambda: padiff_step(paddle_model, torch_model, inputs), args.repeat)
+        mem = "-"
+        growth = "-"
+        if not args.no_memory:
+            m = measure_memory(kind, args.quick)
+            mem = f"{m['padiff']['peak'] / max(m['bare']['peak'], 1e-6):.2f}x"
+            growth = f"{m['padiff']['growth']:+.1f}"
+        print(f"{kind:<10} {bare:8.3f} {full:9.3f} {full / bare:6.2f}x {'1.15x':>7}   {mem:>6} {'1.30x':>7}   "
+              f"{growth:>9}", flush=True)
+        del paddle_model, torch_model, inputs
+        gc.collect()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
