@@ -104,7 +104,7 @@ def test_without_a_map_registration_order_fails_with_the_report(tmp_path):
     t, p = TorchResNet(), PaddleResNet()
     torch.save(t.state_dict(), tmp_path / "r.pth")
     out = io.StringIO()
-    with pytest.raises(PadiffError, match="padiff convert could not pair the two models' weights"):
+    with pytest.raises(PadiffError, match=r"The two models' weights could not be paired \(see the report above\)"):
         convert_checkpoint(tmp_path / "r.pth", tmp_path / "r.pdparams", paddle_model=p, torch_model=t, stream=out)
     assert "[padiff convert] Assign weight Failed !!!" in out.getvalue()
     assert "<---  *** HERE ***" in out.getvalue()
@@ -319,14 +319,27 @@ def test_cli_with_a_dotted_module_and_dry_run(tmp_path, capsys, monkeypatch):
     assert "(mapped by the paddle model's layers)" in out and not (tmp_path / "p.pdparams").exists()
 
 
-def test_cli_errors_are_one_line_and_exit_1(tmp_path, capsys):
-    assert main([str(tmp_path / "nope.pth"), str(tmp_path / "x.pdparams")]) == 1
-    assert f"padiff convert: The torch checkpoint `{tmp_path / 'nope.pth'}` does not exist." in capsys.readouterr().err
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    assert main([str(tmp_path / "nope.pth"), str(tmp_path / "x.pdparams")]) == 2
+    assert f"padiff convert: error: The torch checkpoint `{tmp_path / 'nope.pth'}` does not exist." \
+        in capsys.readouterr().err
     torch.save(TorchNamesNet().state_dict(), tmp_path / "t.pth")
-    assert main([str(tmp_path / "t.pth"), str(tmp_path / "x.pdparams"), "--paddle-model", "no_such_mod:f"]) == 1
-    assert "padiff convert: --paddle-model: cannot import `no_such_mod`" in capsys.readouterr().err
-    assert main([str(tmp_path / "t.pth"), str(tmp_path / "x.pdparams"), "--auto"]) == 1
+    assert main([str(tmp_path / "t.pth"), str(tmp_path / "x.pdparams"), "--paddle-model", "no_such_mod:f"]) == 2
+    assert "padiff convert: error: --paddle-model: cannot import `no_such_mod`" in capsys.readouterr().err
+    assert main([str(tmp_path / "t.pth"), str(tmp_path / "x.pdparams"), "--auto"]) == 2
     assert "--layer-map and --auto pair two models' layers" in capsys.readouterr().err
     (tmp_path / "junk.pth").write_text("not a checkpoint")
-    assert main([str(tmp_path / "junk.pth"), str(tmp_path / "x.pdparams")]) == 1
+    assert main([str(tmp_path / "junk.pth"), str(tmp_path / "x.pdparams")]) == 2
     assert "torch could not read" in capsys.readouterr().err
+
+
+def test_cli_models_that_cannot_be_paired_exit_1(tmp_path, capsys):
+    (tmp_path / "factories.py").write_text(FACTORIES)
+    torch.save(TorchResNet().state_dict(), tmp_path / "t.pth")
+    f = tmp_path / "factories.py"
+    code = main([str(tmp_path / "t.pth"), str(tmp_path / "p.pdparams"), "--paddle-model", f"{f}:build_paddle",
+                 "--torch-model", f"{f}:build_torch"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "[padiff convert] Assign weight Failed !!!" in captured.out
+    assert "padiff convert: The two models' weights could not be paired (see the report above): " in captured.err

@@ -38,6 +38,10 @@ from .rules import PADDLE_TO_TORCH_CLASS, RuleError, family, find_rule, in_order
 DROPPED = ("num_batches_tracked",)
 
 
+class ConvertFailed(PadiffError):
+    """The two models' weights could not be paired (the report was printed)."""
+
+
 @dataclass
 class ConvertRow:
     src_key: str  # torch key ("" when the paddle key has no source)
@@ -190,7 +194,8 @@ def _through_models(table, ckpt, paddle_model, torch_model, layer_map, stream):
     if not plan.ok:
         for line in copy_failure_lines(plan, first_side=sides[0], layer_map=layer_map, header="[padiff convert]"):
             print(line, file=stream)
-        raise PadiffError("padiff convert could not pair the two models' weights: " + plan.failure.message)
+        raise ConvertFailed("The two models' weights could not be paired (see the report above): "
+                            + plan.failure.message)
     keys = _paddle_keys(dst.adapter, dst.model)
     for link in plan.links:
         src_key = _join(_strip_root(link.src_unit.path), link.src_name)
@@ -475,12 +480,19 @@ def _build_model(spec: str, what: str):
 
 def main(argv=None) -> int:
     """``padiff convert SRC.pth DST.pdparams [--paddle-model module:factory] ...``; returns the
-    exit status: 0 when every paddle key got a value, 1 otherwise or on an error."""
+    exit status: 0 when every paddle key got a value, 1 when some did not or the models' weights
+    could not be paired, 2 for a usage mistake or an input padiff cannot use."""
     parser = argparse.ArgumentParser(
         prog="padiff convert",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Convert a torch checkpoint (state dict) into a paddle .pdparams file, with the rules of "
                     "assign_weight (Linear transposed, BatchNorm statistics renamed, num_batches_tracked dropped, "
-                    "MultiheadAttention split, ...).")
+                    "MultiheadAttention split, ...).\nWithout a model the keys are converted by their names "
+                    "(the torch2paddle recipe) and the table says which were guessed.",
+        epilog="exit status: 0 every paddle key got a value, 1 some did not (or the models' weights could not be "
+               "paired), 2 usage error or unusable input.\n"
+               "example: padiff convert resnet.pth resnet.pdparams --paddle-model my_port:ResNet50 "
+               "--torch-model torchvision.models:resnet50 --auto")
     parser.add_argument("src", help="the torch checkpoint (.pth), saved with torch.save(model.state_dict(), path)")
     parser.add_argument("dst", help="the paddle file to write (.pdparams)")
     parser.add_argument("--paddle-model", metavar="MODULE:FACTORY",
@@ -512,7 +524,10 @@ def main(argv=None) -> int:
                 layer_map.auto(paddle_model, torch_model)
         table = convert_checkpoint(args.src, None if args.dry_run else args.dst, paddle_model=paddle_model,
                                    layer_map=layer_map, torch_model=torch_model)
-    except PadiffError as exc:
+    except ConvertFailed as exc:
         print(f"padiff convert: {exc}", file=sys.stderr)
         return 1
+    except PadiffError as exc:
+        print(f"padiff convert: error: {exc}", file=sys.stderr)
+        return 2
     return 0 if table else 1
