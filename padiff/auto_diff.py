@@ -423,6 +423,8 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
             ref_run, test_run = runs[ref_i], runs[1 - ref_i]
             sr = _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_map)
             sr.loss = _loss_finding(ref_run, test_run, loss_fns, opts, step)
+            ref_run.trace.drop_arrays()  # every figure is in the findings now
+            test_run.trace.drop_arrays()
             if optimizers is not None:
                 lrs = [_learning_rates(sides[i], optimizers[i]) for i in (ref_i, 1 - ref_i)]
                 for idx in (ref_i, 1 - ref_i):

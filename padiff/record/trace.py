@@ -93,6 +93,16 @@ class Trace:
     nodes: List[Node] = field(default_factory=list)
     loss: Optional[TensorRecord] = None
 
+    def drop_arrays(self) -> None:
+        """Free the recorded values once compared; shapes, dtypes and the tree stay."""
+        for node in self.nodes:
+            for records in (node.outputs, list(node.grad_out.items()), list(node.grad_in.items())):
+                for _, rec in records:
+                    if rec.is_tensor:
+                        rec.array = None
+            node.call_args = None
+            node.out_skeleton = None
+
     def exit_order(self) -> List[Node]:
         return sorted((n for n in self.nodes if n.exit_seq >= 0), key=lambda n: n.exit_seq)
 
