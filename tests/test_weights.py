@@ -10,10 +10,10 @@ import paddle
 import pytest
 import torch
 
-from models_weights import (TorchFusedBlock, PaddleBasicBlock, PaddleMHABlock, PaddleMLP, PaddleMLPReordered, PaddleResNet,
+from models_weights import (PaddleBasicBlock, PaddleMHABlock, PaddleMLP, PaddleMLPReordered, PaddleResNet,
                             PaddleSelfAttention, PaddleTagger, PaddleTransformerBlock, TorchBasicBlock,
-                            TorchMLP, TorchResNet, TorchSelfAttention, TorchTagger, TorchTransformerBlock,
-                            max_diff, randomize_bn, seeded)
+                            TorchFusedBlock, TorchMLP, TorchResNet, TorchSelfAttention, TorchTagger,
+                            TorchTransformerBlock, max_diff, randomize_bn, seeded)
 from padiff import LayerMap, PadiffError, assign_weight, auto_diff, register_rule
 from padiff.weights import rules as rules_mod
 from padiff.weights.rules import Converted, RuleError

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import PadiffError
 from ..side import Side
-from .auto import SKIP_BUFFERS, Node, build_tree, match_trees, state_of
+from .auto import SKIP_BUFFERS, Node, build_tree, match_trees, state_of  # noqa: F401 (SKIP_BUFFERS re-exported)
 from .rules import Converted, RuleError, find_rule, in_order
 
 
@@ -245,10 +245,14 @@ def _split_fused(ctx: Ctx, srcs: List[Node], dsts: List[Node]):
     from .rules import family
 
     out, used, left_s = [], set(), []
+    if getattr(ctx.src_ad, "linear_weight_layout", None) is None or \
+            getattr(ctx.dst_ad, "linear_weight_layout", None) is None:
+        return out, list(srcs), list(dsts)  # an adapter that does not say how it stores Linear weights
     linear = [d for d in dsts if d.is_leaf and family(d.cls) == "linear"]
     for s in srcs:
         st = {n: t for n, t, _ in s.tensors}
-        if not (s.is_leaf and family(s.cls) == "linear" and "weight" in st and len(ctx.src_ad.shape(st["weight"])) == 2):
+        if not (s.is_leaf and family(s.cls) == "linear" and "weight" in st
+                and len(ctx.src_ad.shape(st["weight"])) == 2):
             left_s.append(s)
             continue
         s_out, s_in = _out_in(ctx.src_ad, ctx.src_ad.shape(st["weight"]))

@@ -235,7 +235,8 @@ def _finish(table, ckpt, used, dst_items, dst_ad):
         return
     for k, t in dst_items:
         if k not in table.state and _last(k) not in SKIP_BUFFERS:
-            table.rows.append(ConvertRow("", None, "unmatched", k, tuple(dst_ad.shape(t)), "no source in the checkpoint"))
+            table.rows.append(ConvertRow("", None, "unmatched", k, tuple(dst_ad.shape(t)),
+                                         "no source in the checkpoint"))
 
 
 # --- mode 2: the paddle model only ------------------------------------------------------------
