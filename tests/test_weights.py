@@ -312,6 +312,16 @@ def test_shipped_rule_makes_outputs_agree(name, make_t, make_p, run_t, run_p, sh
     assert max_diff(t, p, x) < TOL
 
 
+def test_batchnorm_into_paddle_syncbatchnorm_copies_the_statistics():
+    # paddle's SyncBatchNorm has no CPU kernel, so this checks the values, not an output
+    t = TWrap(randomize_bn(torch.nn.BatchNorm2d(4)), _call)
+    p = PWrap(paddle.nn.SyncBatchNorm(4), _call)
+    assert _assign(p, t)[0] is True
+    np.testing.assert_array_equal(p.layer._mean.numpy(), t.layer.running_mean.numpy())
+    np.testing.assert_array_equal(p.layer._variance.numpy(), t.layer.running_var.numpy())
+    np.testing.assert_array_equal(p.layer.weight.numpy(), t.layer.weight.detach().numpy())
+
+
 def test_embedding_rule_keeps_the_layout():
     t, p = TWrap(torch.nn.Embedding(7, 3), _call), PWrap(paddle.nn.Embedding(7, 3), _call)
     assert _assign(p, t)[0] is True
