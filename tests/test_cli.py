@@ -145,7 +145,7 @@ def test_the_command_itself(capsys):
     assert "padiff: error: unknown command 'compre'. Did you mean `padiff compare`?" in capsys.readouterr().err
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"padiff {padiff.__version__}"
-    assert main(["convert", "missing.pth", "out.pdparams"]) == 1  # padiff convert's own status
+    assert main(["convert", "missing.pth", "out.pdparams"]) == 2  # unusable input
     assert capsys.readouterr().err.startswith("padiff convert: ")
 
 

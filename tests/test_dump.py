@@ -277,6 +277,11 @@ def test_dump_is_lazy_and_keeps_dtypes(tmp_path):
                                       "dtype": "bfloat16", "shape": [16, 8],
                                       "init": {"kind": "tensor", "dtype": "bfloat16", "shape": [16, 8],
                                                "file": "weights/t0.npy"}}
+    # a tensor several calls saw (linear2's output is the model's) is stored once and read as one record
+    linear2 = trace.root.children[-1]
+    assert linear2.path == "TorchNet.linear2" and linear2.outputs[0][1] is rec
+    nodes = manifest["steps"][0]["nodes"]
+    assert nodes[0]["outputs"][0][1]["file"] == nodes[linear2.index]["outputs"][0][1]["file"]
     assert [n.label() for n in trace.root.children if n.kind == "net"] == [
         "TorchNet.linear1", "TorchNet.act", "TorchNet.proj", "TorchNet.cube", "TorchNet.norm", "TorchNet.linear2"]
 

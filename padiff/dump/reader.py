@@ -247,14 +247,21 @@ class Dump:
                 f"steps={self.steps})")
 
     # --- records -----------------------------------------------------------------------------
-    def record(self, entry) -> Optional[TensorRecord]:
-        """The TensorRecord of one manifest record (arrays lazy)."""
+    def record(self, entry, shared: Optional[dict] = None) -> Optional[TensorRecord]:
+        """The TensorRecord of one manifest record (arrays lazy). Entries naming the same file
+        give the same record object through ``shared`` (as the recorder shared them)."""
         if entry is None:
             return None
         kind = entry["kind"]
         if kind in ("tensor", "array"):
-            return LazyRecord(os.path.join(self.path, entry["file"]), entry["dtype"], entry["shape"],
-                              is_tensor=kind == "tensor")
+            key = (entry["file"], entry["dtype"], tuple(entry["shape"]), kind)
+            if shared is not None and key in shared:
+                return shared[key]
+            rec = LazyRecord(os.path.join(self.path, entry["file"]), entry["dtype"], entry["shape"],
+                             is_tensor=kind == "tensor")
+            if shared is not None:
+                shared[key] = rec
+            return rec
         value = entry.get("value")
         if isinstance(value, dict) and "complex" in value:
             value = complex(*value["complex"])
@@ -290,6 +297,7 @@ class Dump:
         s = self.manifest["steps"][step]
         trace = Trace(self.framework, s.get("model_name", self.model_name))
         nodes: Dict[int, Node] = {}
+        shared: dict = {}
         for e in s["nodes"]:
             if e["kind"] == "api" and not api:
                 continue
@@ -297,9 +305,9 @@ class Dump:
                      enter_seq=e["enter"], exit_seq=e["exit"], has_params=e["has_params"],
                      call_count=e["call_count"])
             n.frames = tuple(StoredFrame(f[0], f[1], f[2], f[3] if len(f) > 3 else "") for f in e["frames"])
-            n.outputs = [(i, self.record(r)) for i, r in e["outputs"]]
-            n.grad_out = {i: self.record(r) for i, r in e["grad_out"]}
-            n.grad_in = {i: self.record(r) for i, r in e["grad_in"]}
+            n.outputs = [(i, self.record(r, shared)) for i, r in e["outputs"]]
+            n.grad_out = {i: self.record(r, shared) for i, r in e["grad_out"]}
+            n.grad_in = {i: self.record(r, shared) for i, r in e["grad_in"]}
             nodes[e["index"]] = n
             trace.nodes.append(n)
         for e in s["nodes"]:
@@ -310,7 +318,7 @@ class Dump:
                 n.parent = nodes.get(e["parent"])
             n.children = [nodes[c] for c in e["children"] if c in nodes]
         trace.root = nodes.get(s["root"]) if s.get("root") is not None else None
-        trace.loss = self.record(s.get("loss"))
+        trace.loss = self.record(s.get("loss"), shared)
         return trace
 
 
@@ -319,7 +327,7 @@ def load_dump(path) -> Dump:
     that is missing, unfinished, interrupted, of another format or damaged."""
     path = os.fspath(path)
     manifest = read_manifest(path)
-    missing = [f for f in manifest_files(manifest) if not os.path.isfile(os.path.join(path, f))]
+    missing = [f for f in dict.fromkeys(manifest_files(manifest)) if not os.path.isfile(os.path.join(path, f))]
     if missing:
         raise PadiffError(f"The padiff dump `{path}` is damaged: {len(missing)} array file(s) are missing (first: "
                           f"`{missing[0]}`). Re-run padiff.dump(model, inputs, path) to make it again.")

@@ -94,6 +94,7 @@ def dump(model, inputs, path, loss_fn=None, optimizer=None, steps=None, options=
             entry["step"] = step
             entry["grads"] = {k: w.record(r, f"steps/{step}/grad_t{k}") for k, r in run.grads.items()}
             del run
+            w.forget()
             if optimizer is not None:
                 entry["lr"] = _learning_rates(side, optimizer)
                 _step_optimizer(side, optimizer)
@@ -150,6 +151,7 @@ class _Writer:
     def __init__(self, path: str):
         self.path = path
         self.root = partial_path(path, os.getpid())
+        self._seen: Dict[int, tuple] = {}  # id(record) -> (record, manifest entry)
         shutil.rmtree(self.root, ignore_errors=True)
         try:
             os.makedirs(self.root)
@@ -168,11 +170,22 @@ class _Writer:
         return rel
 
     def record(self, rec: TensorRecord, rel: str) -> dict:
+        """The manifest entry of a record, its array written once: the recorder shares one record
+        between the calls that saw the same tensor, and so do the entries (one file)."""
+        seen = self._seen.get(id(rec))
+        if seen is not None and seen[0] is rec:
+            return dict(seen[1])
         if rec.array is not None and rec.array.dtype != object and (rec.is_tensor or rec.value is None):
             kind = "tensor" if rec.is_tensor else "array"
             shape = list(rec.shape) if rec.is_tensor else list(rec.array.shape)
-            return {"kind": kind, "dtype": rec.dtype, "shape": shape, "file": self.array(rec.array, rel)}
+            entry = {"kind": kind, "dtype": rec.dtype, "shape": shape, "file": self.array(rec.array, rel)}
+            self._seen[id(rec)] = (rec, entry)
+            return dict(entry)
         return {"kind": "value", "dtype": rec.dtype, "value": _jsonable(rec.value)}
+
+    def forget(self) -> None:
+        """Drop the records of a finished step (their arrays are on disk)."""
+        self._seen.clear()
 
     def manifest(self, manifest: dict, complete: bool) -> None:
         """The manifest, replaced whole; the final one ("complete": true) is synced to disk."""
