@@ -8,6 +8,7 @@ from . import auto_diff as auto_diff_module
 from .auto_diff import auto_diff, register_api
 from .checks import CompareResult, check_dataloader, check_schedule, compare
 from .compare.result import AlignResult, Finding, StepResult
+from .dump import compare_dumps, dump, load_dump
 from .errors import PadiffError, PadiffInternalError
 from .options import Options, build_options
 from .reprod import ReprodDiffHelper, ReprodLogger, check_checkpoints
@@ -21,5 +22,6 @@ __all__ = [
     "PadiffError", "PadiffInternalError",
     "ReprodLogger", "ReprodDiffHelper", "check_checkpoints",
     "compare", "check_dataloader", "check_schedule", "CompareResult",
+    "dump", "compare_dumps", "load_dump",
 ]
 __version__ = "0.1.0"
