@@ -93,7 +93,7 @@ TWINS = textwrap.dedent('''
                 model.linear2.register_forward_hook(hook)
             else:
                 model.linear2.register_forward_post_hook(hook)
-        padiff.dump.dump(model, x, out, loss_fn=lambda y: (y * y).mean(), optimizer=opt, steps=2)
+        padiff.dump(model, x, out, loss_fn=lambda y: (y * y).mean(), optimizer=opt, steps=2)
 ''')
 
 BLOCK = "import sys\nfor _m in {mods!r}:\n    sys.modules[_m] = None  # importing it now raises ImportError\n"
