@@ -14,7 +14,8 @@ from .options import Options, build_options
 from .reprod import ReprodDiffHelper, ReprodLogger, check_checkpoints
 from .weights.api import assign_weight
 from .weights.layer_map import LayerMap
-from .weights.rules import register_rule
+from .weights.convert import convert_checkpoint
+from .weights.rules import Converted, RuleError, register_rule
 
 __all__ = [
     "auto_diff", "register_api", "assign_weight", "LayerMap", "register_rule",
@@ -22,6 +23,6 @@ __all__ = [
     "PadiffError", "PadiffInternalError",
     "ReprodLogger", "ReprodDiffHelper", "check_checkpoints",
     "compare", "check_dataloader", "check_schedule", "CompareResult",
-    "dump", "compare_dumps", "load_dump",
+    "dump", "compare_dumps", "load_dump", "convert_checkpoint", "Converted", "RuleError",
 ]
 __version__ = "0.1.0"
