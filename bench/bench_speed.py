@@ -8,7 +8,8 @@ For each model pair it prints:
          by a bare forward + backward of both models, best of --repeat runs each;
   memory peak resident memory during auto_diff above the process's resting level, divided by
          the same for the bare run (each measured in a fresh subprocess);
-  growth resident memory after 10 repeated auto_diff calls minus after the first (MB).
+  growth resident memory after 10 repeated auto_diff calls minus after the first (MB), beside
+         the same for 10 bare runs (the frameworks' allocators drift by a few MB on their own).
 Targets (issue 9): time <= 1.15x, memory <= 1.3x, no growth.
 """
 
@@ -123,13 +124,13 @@ def child(kind: str, mode: str, quick: bool) -> None:
     else:
         padiff_step(paddle_model, torch_model, inputs)
     peak = peak_mb() - rest
-    growth = None
-    if mode == "padiff":
-        first = rss_mb()
-        for _ in range(9):
-            padiff_step(paddle_model, torch_model, inputs)
-        gc.collect()
-        growth = rss_mb() - first
+    step = padiff_step if mode == "padiff" else bare_step
+    gc.collect()
+    first = rss_mb()
+    for _ in range(9):
+        step(paddle_model, torch_model, inputs)
+    gc.collect()
+    growth = rss_mb() - first
     print(json.dumps({"peak": peak, "growth": growth}))
 
 
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
         child(args.child[0], args.child[1], args.quick)
         return 0
     print(f"{'model':<10} {'bare s':>8} {'padiff s':>9} {'time':>7} {'target':>7}   {'mem':>6} {'target':>7}   "
-          f"{'growth MB':>9}")
+          f"{'growth MB':>20}")
     for kind in args.models.split(","):
         paddle_model, torch_model, inputs = build(kind, args.quick)
         bare_step(paddle_model, torch_model, inputs)
@@ -169,9 +170,9 @@ def main(argv=None) -> int:
         if not args.no_memory:
             m = measure_memory(kind, args.quick)
             mem = f"{m['padiff']['peak'] / max(m['bare']['peak'], 1e-6):.2f}x"
-            growth = f"{m['padiff']['growth']:+.1f}"
+            growth = f"{m['padiff']['growth']:+.1f} (bare {m['bare']['growth']:+.1f})"
         print(f"{kind:<10} {bare:8.3f} {full:9.3f} {full / bare:6.2f}x {'1.15x':>7}   {mem:>6} {'1.30x':>7}   "
-              f"{growth:>9}", flush=True)
+              f"{growth:>20}", flush=True)
         del paddle_model, torch_model, inputs
         gc.collect()
     return 0
