@@ -48,10 +48,40 @@ def _describe(nodes: List[Node]) -> str:
     return ", ".join(names) + more if names else "none"
 
 
+def _anchored(a: Node, b: Node, anchors: Dict[int, int], skip) -> Optional[List[Tuple[Node, Node]]]:
+    """Pair the calls of layers a LayerMap pairs, whatever wrappers stand between them and
+    ``a``/``b`` (a torch ``Sequential`` against flat paddle layers): the k-th call of a mapped
+    layer pairs with the k-th call of its partner. None unless every such call finds one."""
+    def collect(node, out):
+        for c in _visible_children(node, skip):
+            if c.kind != "net":
+                continue
+            if c.layer_key in anchors:
+                out.append(c)
+            else:
+                collect(c, out)
+        return out
+
+    da, db = collect(a, []), collect(b, [])
+    if not da or len(da) != len(db):
+        return None
+    calls: Dict[int, List[Node]] = {}
+    for y in db:
+        calls.setdefault(y.layer_key, []).append(y)
+    pairs = []
+    for x in da:
+        queue = calls.get(anchors[x.layer_key])
+        if not queue:
+            return None
+        pairs.append((x, queue.pop(0)))
+    return pairs
+
+
 def pair_traces(ref: Trace, test: Trace, *, ref_label: str, test_label: str,
                 skip: Callable[[Node], bool] = lambda n: False,
                 leaf: Callable[[Node, Node], bool] = lambda a, b: False,
-                mapped: Optional[Dict[int, int]] = None) -> Pairing:
+                mapped: Optional[Dict[int, int]] = None,
+                anchors: Optional[Dict[int, int]] = None) -> Pairing:
     """Pair every call of ``ref`` with its counterpart in ``test``.
 
     ``mapped`` holds explicit layer pairs (ref layer key -> test layer key) from a LayerMap:
@@ -62,6 +92,7 @@ def pair_traces(ref: Trace, test: Trace, *, ref_label: str, test_label: str,
         raise PadiffError("A model was not called: padiff saw no forward call of the root layer.")
     result = Pairing()
     mapped = mapped or {}
+    anchors = anchors or {}
 
     def visit(a: Node, b: Node):
         result.add(a, b)
@@ -74,6 +105,14 @@ def pair_traces(ref: Trace, test: Trace, *, ref_label: str, test_label: str,
         if len(ca) != len(cb):
             wa = [c for c in ca if c.has_params]
             wb = [c for c in cb if c.has_params]
+            anchored = _anchored(a, b, anchors, skip) if anchors else None
+            if anchored is not None:
+                result.notes.append(
+                    f"Inside `{a.path}` the models are nested differently; the {len(anchored)} layer calls your "
+                    "LayerMap pairs were compared, the wrappers around them were not.")
+                for x, y in anchored:
+                    visit(x, y)
+                return
             if len(wa) == len(wb) and wa:
                 left = [c for c in ca if not c.has_params] + [c for c in cb if not c.has_params]
                 result.unpaired.extend(left)
