@@ -15,8 +15,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .compare.engine import compare_backward, compare_forward, compare_links
-from .compare.metrics import TensorDiff, compare_arrays, compare_records, tolerance_for
+from .compare.engine import compare_backward, compare_forward, compare_links, gradient_scale, largest_magnitude
+from .compare.metrics import TensorDiff, compare_arrays, compare_records, explained_error, tolerance_for
 from .compare.pairing import pair_traces
 from .compare.result import AlignResult, Finding, StepResult
 from .errors import PadiffError
@@ -305,6 +305,7 @@ def single_step_findings(pairing, ref_run: SideRun, test_run: SideRun, test: Sid
 
     replayer = Replayer(test.adapter, test_run.walk.layers, test.model)
     fwd, bwd = [], []
+    grad_scale = gradient_scale(ref_run.trace.backward_events())
     snapshot = _snapshot(test)
     try:
         for a in ref_run.trace.exit_order():
@@ -329,7 +330,8 @@ def single_step_findings(pairing, ref_run: SideRun, test_run: SideRun, test: Sid
                                            f" of {child.label()} (own, single step)")
                 fwd += compare_outputs(a, b, a.outputs, got.outputs, opts, step, "output", " (own, single step)")
             if backward and a.grad_in:
-                bwd += compare_grads(a, b, a.grad_in, got.grad_in, opts, step, "input gradient (own, single step)")
+                bwd += compare_grads(a, b, a.grad_in, got.grad_in, opts, step, "input gradient (own, single step)",
+                                     context=grad_scale)
             _clear_grads(test)
     finally:
         _restore(test, snapshot)
@@ -502,7 +504,9 @@ def _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_
     else:
         sr.forward = forward if opts.check_forward else []
         if opts.check_backward:
-            sr.backward = compare_backward(pairing, ref_run.trace.backward_events(), opts, step, memo)
+            grad_scale = gradient_scale(ref_run.trace.backward_events())
+            sr.backward = compare_backward(pairing, ref_run.trace.backward_events(), opts, step, memo,
+                                           context=grad_scale)
         sr.forward, sr.backward, moved = _api_within_failing_layers(sr.forward, sr.backward)
         if moved:
             sr.notes.append(
@@ -511,7 +515,8 @@ def _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_
                 "not counted.")
     if opts.check_backward and not opts.single_step:
         sr.grads = compare_links(links, lambda l: ref_run.grads.get(l.src_path), lambda l: test_run.grads.get(l.dst_path),
-                                 "grad", "grad", opts, step, reprs)
+                                 "grad", "grad", opts, step, reprs, context=grad_scale,
+                                 explained=explained_error(f.diff for f in sr.backward))
         for f in sr.grads:
             if not f.passed:
                 f.cause = "Parameter gradient differs: a backward difference."
@@ -543,7 +548,9 @@ def _loss_finding(ref_run, test_run, loss_fns, opts, step):
     a, b = ref_run.trace.loss, test_run.trace.loss
     if a is None or b is None or opts.single_step:
         return None
-    tol = tolerance_for(opts, b.dtype, a.dtype, "loss")
+    # The loss is computed from the model's outputs: rounding alone leaves u times their size.
+    tol = tolerance_for(opts, b.dtype, a.dtype, "loss", stage="loss",
+                        context=largest_magnitude(r for _, r in ref_run.trace.root.outputs))
     name = "loss_fn" if loss_fns else "mean(output)"
     f = Finding("loss", "loss", "loss", "loss", name, name, compare_records(b, a, tol, "strict"), step)
     if not f.passed:

@@ -67,6 +67,7 @@ class Options:
     tree_inline_lines: int = 60
     use_loss: bool = False
     use_opt: bool = False
+    calibration: Optional[object] = None  # padiff.calibrate(...): per-layer measured noise
 
     @property
     def check_forward(self) -> bool:
@@ -89,6 +90,8 @@ class Options:
             "use_loss": self.use_loss,
             "use_opt": self.use_opt,
         }
+        if self.calibration is not None:
+            shown["calibration"] = self.calibration.describe()
         return shown
 
 
@@ -166,6 +169,11 @@ def build_options(
         values["tree_inline_lines"] = int(merged["tree_inline_lines"])
     if "thirdparty_api" in merged:
         values["thirdparty_api"] = tuple(merged["thirdparty_api"])
+    if merged.get("calibration") is not None:
+        if not callable(getattr(merged["calibration"], "noise_for", None)):
+            raise PadiffError(f"Option calibration must be what padiff.calibrate(model, inputs) returns, got "
+                              f"{type(merged['calibration']).__name__}.")
+        values["calibration"] = merged["calibration"]
     values["layer_tolerances"] = _tolerance_table(merged.get("layer_tolerances"), "layer_tolerances")
     values["dtype_tolerances"] = _tolerance_table(merged.get("dtype_tolerances"), "dtype_tolerances")
 

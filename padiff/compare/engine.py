@@ -6,7 +6,7 @@ from typing import Callable, Iterable, List, Tuple
 
 from ..record.trace import Node, TensorRecord
 from ..structure import show_id
-from .metrics import TensorDiff, compare_records, tolerance_for
+from .metrics import TensorDiff, compare_records, explained_error, tolerance_for
 from .pairing import Pairing
 from .result import Finding
 
@@ -27,7 +27,7 @@ def _compare_once(test_rec: TensorRecord, ref_rec: TensorRecord, tol, mode: str,
 
 
 def _compare_lists(ref: List[Tuple[str, TensorRecord]], test: List[Tuple[str, TensorRecord]], options,
-                   path: str, what: str, memo=None) -> List[Tuple[str, TensorDiff]]:
+                   path: str, what: str, memo=None, stage: str = "forward") -> List[Tuple[str, TensorDiff]]:
     """Pair two flattened nested values by position; a structure difference is a finding."""
     out = []
     if len(ref) != len(test):
@@ -38,7 +38,7 @@ def _compare_lists(ref: List[Tuple[str, TensorRecord]], test: List[Tuple[str, Te
                               f"({ids_r}), tested has {len(test)} ({ids_t}).")
         return [(what, d)]
     for (id_r, rec_r), (id_t, rec_t) in zip(ref, test):
-        tol = tolerance_for(options, rec_t.dtype, rec_r.dtype, path)
+        tol = tolerance_for(options, rec_t.dtype, rec_r.dtype, path, stage=stage)
         out.append((show_id(id_r, what), _compare_once(rec_t, rec_r, tol, options.compare_mode, memo)))
     return out
 
@@ -49,15 +49,18 @@ def compare_outputs(a: Node, b: Node, ref_outputs, test_outputs, options, step: 
             for w, diff in _compare_lists(ref_outputs, test_outputs, options, a.path, what, memo)]
 
 
-def compare_grads(a: Node, b: Node, ref_grads, test_grads, options, step: int, what: str) -> List[Finding]:
-    """Gradients keyed by id path; a gradient that reached only one side is a finding."""
+def compare_grads(a: Node, b: Node, ref_grads, test_grads, options, step: int, what: str,
+                  context: float = None) -> List[Finding]:
+    """Gradients keyed by id path; a gradient that reached only one side is a finding.
+    ``context``: the reference's largest gradient (:func:`gradient_scale`)."""
     findings = []
     for k in ref_grads:
         if k not in test_grads:
             d = TensorDiff(False, (), (), "", "", None, problem="structure",
                            detail=f"Only the reference model's {show_id(k, what)} received a gradient.")
         else:
-            tol = tolerance_for(options, test_grads[k].dtype, ref_grads[k].dtype, a.path)
+            tol = tolerance_for(options, test_grads[k].dtype, ref_grads[k].dtype, a.path, stage="backward",
+                                context=context)
             d = compare_records(test_grads[k], ref_grads[k], tol, options.compare_mode)
         findings.append(Finding("backward", show_id(k, what), a.label(), b.label(), a.name, b.name, d, step,
                                 ref_node=a, test_node=b))
@@ -66,6 +69,18 @@ def compare_grads(a: Node, b: Node, ref_grads, test_grads, options, step: int, w
 
 def _all_zero(rec: TensorRecord) -> bool:
     return rec.array is not None and not rec.array.any()
+
+
+def largest_magnitude(records) -> float:
+    """The largest magnitude among floating tensor records (0.0 when there is none)."""
+    return max((float(abs(r.array).max()) for r in records
+                if r is not None and r.array is not None and r.array.size and r.array.dtype.kind == "f"), default=0.0)
+
+
+def gradient_scale(ref_events: List[Tuple[Node, str]]) -> float:
+    """The largest gradient magnitude of the reference's backward pass: the size of the values
+    every gradient is computed from, so rounding alone leaves errors of about u times it."""
+    return largest_magnitude([r for a, _ in ref_events for g in (a.grad_out, a.grad_in) for r in g.values()])
 
 
 def compare_forward(pairing: Pairing, ref_order: List[Node], options, step: int, memo=None) -> List[Finding]:
@@ -78,8 +93,10 @@ def compare_forward(pairing: Pairing, ref_order: List[Node], options, step: int,
 
 
 def compare_backward(pairing: Pairing, ref_events: List[Tuple[Node, str]], options, step: int,
-                     memo=None) -> List[Finding]:
+                     memo=None, context: float = None) -> List[Finding]:
     findings = []
+    context = gradient_scale(ref_events) if context is None else context
+    explained = None  # the difference near-tie flips tolerated so far account for (see metrics)
     for a, kind in ref_events:
         b = pairing.partner.get(id(a))
         if b is None:
@@ -103,15 +120,18 @@ def compare_backward(pairing: Pairing, ref_events: List[Tuple[Node, str]], optio
             findings.append(Finding("backward", show_id(k, what), a.label(), b.label(), a.name, b.name, d, step,
                                     ref_node=a, test_node=b))
         for k in keys:
-            tol = tolerance_for(options, gb[k].dtype, ga[k].dtype, a.path)
+            tol = tolerance_for(options, gb[k].dtype, ga[k].dtype, a.path, stage="backward", context=context,
+                                explained=explained)
             diff = _compare_once(gb[k], ga[k], tol, options.compare_mode, memo)
+            explained = explained_error([diff], explained)
             findings.append(Finding("backward", show_id(k, what), a.label(), b.label(), a.name, b.name, diff, step,
                                     ref_node=a, test_node=b))
     return findings
 
 
 def compare_links(links: Iterable, read_ref: Callable, read_test: Callable, stage: str, what: str,
-                  options, step: int, reprs: Callable = None) -> List[Finding]:
+                  options, step: int, reprs: Callable = None, context: float = None,
+                  explained=None) -> List[Finding]:
     """Compare tensors through weight links: the reference (copy source) value is turned into
     the tested model's layout by the link's rule, then compared."""
     findings = []
@@ -127,7 +147,8 @@ def compare_links(links: Iterable, read_ref: Callable, read_test: Callable, stag
         else:
             ref_arr = link.converted.transform(ref_rec.array)
             ref_conv = TensorRecord(ref_arr, ref_rec.dtype, tuple(ref_arr.shape))
-            tol = tolerance_for(options, test_rec.dtype, ref_rec.dtype, link.dst_path)
+            tol = tolerance_for(options, test_rec.dtype, ref_rec.dtype, link.dst_path, stage=stage, context=context,
+                                explained=explained)
             diff = compare_records(test_rec, ref_conv, tol, options.compare_mode)
         ref_repr, test_repr = reprs(link) if reprs else ("", "")
         findings.append(Finding(stage, f"{what} of {link.src_name}", link.src_path, link.dst_path,

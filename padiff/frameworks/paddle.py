@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import paddle
 
@@ -45,6 +47,13 @@ class Adapter:
 
     def all_params(self, layer):
         return list(layer.named_parameters())
+
+    def copy_layer(self, layer, dtype_name=None):
+        """A deep copy of the model, its floating parameters and buffers cast to ``dtype_name``."""
+        new = copy.deepcopy(layer)
+        if dtype_name:
+            new.to(dtype=dtype_name)
+        return new
 
     def all_buffers(self, layer):
         return list(layer.named_buffers())

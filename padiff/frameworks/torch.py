@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -47,6 +48,11 @@ class Adapter:
 
     def all_params(self, layer):
         return list(layer.named_parameters())
+
+    def copy_layer(self, layer, dtype_name=None):
+        """A deep copy of the model, its floating parameters and buffers cast to ``dtype_name``."""
+        new = copy.deepcopy(layer)
+        return new.to(getattr(torch, dtype_name)) if dtype_name else new
 
     def all_buffers(self, layer):
         return list(layer.named_buffers())

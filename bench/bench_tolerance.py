@@ -1,0 +1,136 @@
+"""False alarms and caught bugs of padiff's default tolerance, over many random seeds.
+
+Every seed builds each clean model pair of ``bench/tolerance_models.py`` (new random weights
+and inputs; padiff copies the weights), runs ``auto_diff`` at default settings (forward,
+backward, parameter gradients; weights after the optimizer steps where the pair trains) and
+counts a false alarm when it reports a difference. The same pairs with one injected porting
+bug must fail, at the stage and layer where the bug is.
+
+    python bench/bench_tolerance.py               # 100 seeds
+    python bench/bench_tolerance.py --seeds 10
+
+Prints, per clean pair, false alarms / seeds, the worst use of the tolerance over all its
+comparisons (1.0 = at the limit) and the runs where a near-tie flip was tolerated; per bug,
+caught / seeds, named at the right layer / seeds, and the weakest evidence: over the seeds, the
+smallest of the largest tolerance use in the run (how far above the limit the mildest instance
+of the bug went).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import math
+import os
+import sys
+import time
+
+# One thread: the machine is shared, and torch's intra-op threads only add contention here.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(_HERE), _HERE]
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+import tolerance_models as tm  # noqa: E402
+from padiff import auto_diff  # noqa: E402
+
+
+def tolerance_use(diff) -> float:
+    """How much of its tolerance a comparison used (above 1.0 it fails): the larger of the
+    greatest difference over what was allowed there and the relative L2 error over its limit
+    (left out where the floor, not the scale, decided: noise-sized gradients)."""
+    if diff.problem is not None:
+        return math.inf
+    uses = []
+    if not diff.flips:
+        uses.append(diff.max_abs / diff.allowed_at_max if diff.allowed_at_max > 0 else
+                    (0.0 if diff.max_abs == 0 else math.inf))
+    tol = diff.tolerance
+    if tol is not None and tol.auto and tol.l2 and not tol.floor > tol.atol * diff.scale:
+        uses.append(diff.rel_l2_rest / tol.l2)
+    return max(uses, default=0.0)
+
+
+def run(case):
+    with contextlib.redirect_stdout(io.StringIO()):
+        return auto_diff(*case.models, case.inputs, **case.kwargs)
+
+
+def findings(result):
+    for step in result.steps:
+        yield from step.all_findings()
+
+
+def bench_clean(name, seeds):
+    alarms, flips, worst, where = 0, 0, 0.0, []
+    for seed in seeds:
+        result = run(tm.PAIRS[name](seed))
+        if not result:
+            alarms += 1
+            f = result.first
+            where.append(f"seed {seed}: {f.stage} {f.ref_path} {f.what}")
+        if any(f.diff.flips for f in findings(result)):
+            flips += 1
+        worst = max([worst] + [tolerance_use(f.diff) for f in findings(result) if f.passed])
+    return alarms, flips, worst, where
+
+
+def bench_bug(bug, seeds):
+    caught, named, mildest, wrong = 0, 0, math.inf, []
+    for seed in seeds:
+        result = run(tm.PAIRS[bug.pair](seed, bug.bug))
+        if result:
+            wrong.append(f"seed {seed}: not caught")
+            continue
+        caught += 1
+        f = result.first
+        path = f.ref_node.path if f.ref_node is not None else f.ref_path
+        if f.stage == bug.stage and (not bug.layer or path == bug.layer):
+            named += 1
+        else:
+            wrong.append(f"seed {seed}: {f.stage} {path} {f.what}")
+        mildest = min(mildest, max(tolerance_use(g.diff) for g in findings(result)))
+    return caught, named, mildest, wrong
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=100, help="random seeds per pair and per bug (default 100)")
+    parser.add_argument("--first-seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    n = len(seeds)
+    started = time.monotonic()
+    print(f"padiff default tolerance, {n} seeds each, float32 on CPU")
+    print()
+    print(f"{'clean pair':44s} {'false alarms':>12s} {'worst use':>10s} {'flip runs':>10s}")
+    total_alarms = 0
+    for name in tm.CLEAN:
+        alarms, flips, worst, where = bench_clean(name, seeds)
+        total_alarms += alarms
+        print(f"{name:44s} {alarms:>5d} / {n:<4d} {worst:>10.3f} {flips:>6d} / {n}")
+        for line in where[:3]:
+            print(f"    {line}")
+    print()
+    print(f"{'injected bug':44s} {'caught':>12s} {'named right':>12s} {'weakest use':>12s}")
+    total_missed = 0
+    for bug in tm.BUGS:
+        caught, named, mildest, wrong = bench_bug(bug, seeds)
+        total_missed += n - named
+        print(f"{bug.name:44s} {caught:>5d} / {n:<4d} {named:>5d} / {n:<4d} {mildest:>12.3g}")
+        for line in wrong[:3]:
+            print(f"    {line}")
+    print()
+    runs = n * (len(tm.CLEAN) + len(tm.BUGS))
+    print(f"false alarms: {total_alarms} in {n * len(tm.CLEAN)} clean runs; bugs missed or misplaced: "
+          f"{total_missed} in {n * len(tm.BUGS)} runs ({runs} runs, {time.monotonic() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
