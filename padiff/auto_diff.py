@@ -480,13 +480,19 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
 
 def _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_map) -> StepResult:
     sr = StepResult(step, ref_trace=ref_run.trace, test_trace=test_run.trace)
-    mapped = {}
+    mapped, anchors, ignored = {}, {}, set()
     if layer_map is not None:
         for a, b in layer_map.pairs():
             mapped[id(a)] = id(b)
             mapped[id(b)] = id(a)
+        for a, b in layer_map.unit_pairs():
+            anchors[id(a)] = id(b)
+            anchors[id(b)] = id(a)
+        ignored = {key for run in (ref_run, test_run) for key, layer in run.walk.layers.items()
+                   if layer_map.is_ignored(layer)}
+    wrap = _skip_fn(opts)
     pairing = pair_traces(ref_run.trace, test_run.trace, ref_label=ref.label, test_label=test.label,
-                          skip=_skip_fn(opts), mapped=mapped)
+                          skip=lambda n: n.layer_key in ignored or wrap(n), mapped=mapped, anchors=anchors)
     sr.pairing = pairing
     sr.notes.extend(pairing.notes)
     memo: dict = {}  # one step's comparisons of identical record pairs

@@ -308,3 +308,50 @@ def test_path_log_switch_adds_paths_to_trees(monkeypatch, capsys):
     monkeypatch.setenv("PADIFF_PATH_LOG", "ON")
     result, text, _, _ = run(("paddle", "torch"), "activation", capsys=capsys)
     assert "(net) Sigmoid  (PaddleNet.act)    <---  *** HERE ***" in text
+
+
+# --- differently built models, paired by a LayerMap ------------------------------------------
+
+def _layer_map_run(paddle_model, torch_model, x, dtype="float32"):
+    from padiff import LayerMap
+
+    layer_map = LayerMap()
+    assert layer_map.auto(paddle_model, torch_model)
+    paddle_model.eval()
+    torch_model.eval()
+    inputs = ({"x": paddle.to_tensor(x.astype(dtype))}, {"x": torch.tensor(x.astype(dtype))})
+    return auto_diff(paddle_model, torch_model, inputs, layer_map=layer_map)
+
+
+def test_resnet_built_differently_aligns_with_an_auto_layer_map(capsys):
+    from models_weights import PaddleResNet, TorchResNet, randomize_bn, seeded
+
+    seeded(1)
+    torch_model, paddle_model = TorchResNet(), PaddleResNet()
+    randomize_bn(torch_model)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype("float32")
+    result = _layer_map_run(paddle_model, torch_model, x)
+    text = capsys.readouterr().out
+    assert result, text[-3000:]
+    assert "the wrappers around them were not" in text  # torch's Sequential stem against flat layers
+
+
+def test_torch_multihead_attention_against_paddle_qkv_linears(capsys):
+    from models_weights import PaddleTransformerBlock, TorchTransformerBlock, seeded
+
+    seeded(2)
+    torch_model, paddle_model = TorchTransformerBlock(), PaddleTransformerBlock()
+    x = np.random.default_rng(0).standard_normal((2, 5, 16)).astype("float32")
+    result = _layer_map_run(paddle_model, torch_model, x)
+    assert result, capsys.readouterr().out[-3000:]
+
+
+def test_ignored_layers_are_left_out_of_the_comparison():
+    from padiff import LayerMap
+
+    paddle_model, torch_model = make_net("paddle", "activation"), make_net("torch")
+    layer_map = LayerMap()
+    layer_map.ignore([paddle_model.act, torch_model.act])
+    result = auto_diff(paddle_model, torch_model, (net_input("paddle"), net_input("torch")), layer_map=layer_map)
+    assert not result
+    assert result.first.ref_node.path == "TorchNet.proj"  # act itself is not compared; what follows it differs

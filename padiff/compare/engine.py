@@ -28,8 +28,12 @@ def _compare_once(test_rec: TensorRecord, ref_rec: TensorRecord, tol, mode: str,
 
 def _compare_lists(ref: List[Tuple[str, TensorRecord]], test: List[Tuple[str, TensorRecord]], options,
                    path: str, what: str, memo=None, stage: str = "forward") -> List[Tuple[str, TensorDiff]]:
-    """Pair two flattened nested values by position; a structure difference is a finding."""
+    """Pair two flattened nested values by position; a structure difference is a finding.
+    ``None`` entries are dropped first: torch's ``MultiheadAttention`` returns ``(out, None)``
+    where paddle's returns ``out``."""
     out = []
+    ref = [(i, r) for i, r in ref if r.is_tensor or r.value is not None]
+    test = [(i, r) for i, r in test if r.is_tensor or r.value is not None]
     if len(ref) != len(test):
         ids_r = ", ".join(show_id(i, what) for i, _ in ref[:6]) or "nothing"
         ids_t = ", ".join(show_id(i, what) for i, _ in test[:6]) or "nothing"
@@ -65,6 +69,19 @@ def compare_grads(a: Node, b: Node, ref_grads, test_grads, options, step: int, w
         findings.append(Finding("backward", show_id(k, what), a.label(), b.label(), a.name, b.name, d, step,
                                 ref_node=a, test_node=b))
     return findings
+
+
+def _distinct_grads(node: Node, grads, kind: str):
+    """(id path, record) of a node's gradients in forward order, each record once."""
+    order = [i for i, r in node.outputs if r.is_tensor] if kind == "exit" else list(node.input_ids)
+    order += [k for k in grads if k not in order]
+    seen, out = set(), []
+    for k in order:
+        rec = grads.get(k)
+        if rec is not None and id(rec) not in seen:
+            seen.add(id(rec))
+            out.append((k, rec))
+    return out
 
 
 def _all_zero(rec: TensorRecord) -> bool:
@@ -105,24 +122,25 @@ def compare_backward(pairing: Pairing, ref_events: List[Tuple[Node, str]], optio
         what = "output gradient" if kind == "exit" else "input gradient"
         if not ga and not gb:
             continue
-        keys = [k for k in ga if k in gb]
-        # An all-zero gradient is no gradient: paddle hands zeros to outputs that do not reach
-        # the loss (an LSTM's final states), torch hands nothing.
-        one_sided = [k for k in list(ga) + list(gb) if (k in ga) != (k in gb)
-                     and not _all_zero(ga[k] if k in ga else gb[k])]
-        if one_sided and a.parent is not None:
-            k = one_sided[0]
-            has = "reference" if k in ga else "tested"
+        # Pair the distinct gradients of each side by position, in forward order: torch's
+        # MultiheadAttention takes (x, x, x) and returns (out, None) where a port takes x and
+        # returns out; one tensor seen three times has one gradient.
+        la = _distinct_grads(a, ga, kind)
+        lb = _distinct_grads(b, gb, kind)
+        extra = [(side, k, r) for side, lst, n in (("reference", la, len(lb)), ("tested", lb, len(la)))
+                 for k, r in lst[n:] if not _all_zero(r)]
+        if extra and a.parent is not None:
+            has, k, _ = extra[0]
             d = TensorDiff(False, (), (), "", "", None, problem="structure",
                            detail=f"Only the {has} model's {show_id(k, what)} received a gradient: in the other "
                                   "model this tensor does not reach the loss (a detach, no_grad, stop_gradient, "
                                   "or an integer tensor?).")
             findings.append(Finding("backward", show_id(k, what), a.label(), b.label(), a.name, b.name, d, step,
                                     ref_node=a, test_node=b))
-        for k in keys:
-            tol = tolerance_for(options, gb[k].dtype, ga[k].dtype, a.path, stage="backward", context=context,
+        for (k, rec_a), (_, rec_b) in zip(la, lb):
+            tol = tolerance_for(options, rec_b.dtype, rec_a.dtype, a.path, stage="backward", context=context,
                                 explained=explained)
-            diff = _compare_once(gb[k], ga[k], tol, options.compare_mode, memo)
+            diff = _compare_once(rec_b, rec_a, tol, options.compare_mode, memo)
             explained = explained_error([diff], explained)
             findings.append(Finding("backward", show_id(k, what), a.label(), b.label(), a.name, b.name, diff, step,
                                     ref_node=a, test_node=b))

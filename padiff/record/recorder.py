@@ -285,6 +285,7 @@ class Recorder:
             if self.grads:
                 for id_path, leaf in flatten((args, kwargs or {}), ad.is_tensor):
                     if ad.is_tensor(leaf) and ad.requires_grad(leaf):
+                        node.input_ids.append(id_path)
                         self._want_grad(leaf, node.grad_in, id_path)
             return None
 
