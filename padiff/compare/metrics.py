@@ -283,51 +283,58 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tol: Tolerance, mode: str = "st
         return TensorDiff(n == 0, numel=int(a.size), mismatched=n,
                           max_abs=float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0,
                           max_abs_index=idx, max_rel_index=idx, **base)
-    af = a.astype(np.float64, copy=False)
-    bf = b.astype(np.float64, copy=False)
-    bad_a, bad_b = ~np.isfinite(af), ~np.isfinite(bf)
-    if bad_a.any() or bad_b.any():
+    # Work in float32 unless a side is float64: the figures need no more, and every pass over
+    # a large tensor costs memory bandwidth (this function is most of padiff's time).
+    work = np.float64 if np.float64 in (a.dtype, b.dtype) or a.dtype.kind == "c" or b.dtype.kind == "c" \
+        else np.float32
+    af = a.astype(work, copy=False).reshape(-1)
+    bf = b.astype(work, copy=False).reshape(-1)
+    n = int(af.size)
+    if mode not in ("mean", "abs_mean") and n == 0:
+        return TensorDiff(True, numel=0, **base)
+    err = np.subtract(af, bf)
+    np.abs(err, out=err)
+    i_abs = int(np.argmax(err)) if n else 0
+    if n and not np.isfinite(err[i_abs]):
+        bad_a, bad_b = ~np.isfinite(af), ~np.isfinite(bf)
         same = np.array_equal(bad_a, bad_b) and np.array_equal(af[bad_a], bf[bad_b], equal_nan=True)
         where = []
         for label, bad, arr in (("tested", bad_a, af), ("reference", bad_b, bf)):
             if bad.any():
-                first = _index(int(np.argmax(bad.reshape(-1))), arr.shape)
+                first = _index(int(np.argmax(bad)), a.shape)
                 kind = "NaN" if np.isnan(arr[bad]).any() else "Inf"
                 where.append(f"the {label} model's value holds {int(bad.sum())} {kind} (first at index {first})")
         detail = ("; ".join(where) + ". "
                   + ("Both models agree on where they are, but " if same else "")
                   + "a non-finite value makes every later comparison meaningless: look at this layer's inputs "
                     "and weights.")
-        return TensorDiff(False, problem="nan", detail=detail[0].upper() + detail[1:], numel=int(a.size), **base)
+        return TensorDiff(False, problem="nan", detail=detail[0].upper() + detail[1:], numel=n, **base)
     if mode in ("mean", "abs_mean"):
-        va = float(np.mean(np.abs(af))) if mode == "abs_mean" else float(np.mean(af)) if af.size else 0.0
-        vb = float(np.mean(np.abs(bf))) if mode == "abs_mean" else float(np.mean(bf)) if bf.size else 0.0
+        va = float(np.mean(np.abs(af), dtype=np.float64)) if mode == "abs_mean" else \
+            float(np.mean(af, dtype=np.float64)) if n else 0.0
+        vb = float(np.mean(np.abs(bf), dtype=np.float64)) if mode == "abs_mean" else \
+            float(np.mean(bf, dtype=np.float64)) if n else 0.0
         d = compare_arrays(np.asarray(va), np.asarray(vb), tol, "strict", dtype_a, dtype_b)
         d.mode, d.value_a, d.value_b = mode, va, vb
         d.shape_a, d.shape_b = tuple(a.shape), tuple(b.shape)
         return d
-    n = int(af.size)
-    if n == 0:
-        return TensorDiff(True, numel=0, **base)
-    diff = af - bf
-    err = np.abs(diff)
     mag_b = np.abs(bf)
-    scale = float(max(np.max(np.abs(af)), np.max(mag_b)))
-    if tol.auto:
-        allowed = tol.rtol * mag_b + max(tol.atol * scale, tol.floor)
-    else:
-        allowed = tol.atol + tol.rtol * mag_b
+    scale = float(max(af.max(), -af.min(), mag_b.max()))
+    allowed = np.multiply(mag_b, tol.rtol, dtype=work)
+    allowed += max(tol.atol * scale, tol.floor) if tol.auto else tol.atol
     over = err > allowed
     mismatched = int(np.count_nonzero(over))
-    i_abs = int(np.argmax(err))
+    allowed_at_max = float(allowed[i_abs])
     with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(mag_b > 0, err / mag_b, np.where(err > 0, np.inf, 0.0))
+        rel = np.divide(err, mag_b, out=allowed)  # reuses the buffer: allowed is not needed any more
+    np.nan_to_num(rel, copy=False, nan=0.0, posinf=np.inf)  # 0/0 is no error; x/0 stays infinite
     i_rel = int(np.argmax(rel))
-    norm_b = float(np.linalg.norm(bf))
-    norm_a = float(np.linalg.norm(af))
-    err_norm = float(np.linalg.norm(diff))
+    max_rel = float(rel[i_rel])
+    norm_b = math.sqrt(float(np.dot(bf, bf)))
+    norm_a = math.sqrt(float(np.dot(af, af)))
+    err_norm = math.sqrt(float(np.dot(err, err)))
     rel_l2 = err_norm / norm_b if norm_b > 0 else (0.0 if err_norm == 0 else math.inf)
-    cosine = float(np.dot(af.reshape(-1), bf.reshape(-1)) / (norm_a * norm_b)) if norm_a > 0 and norm_b > 0 else (
+    cosine = min(1.0, float(np.dot(af, bf)) / (norm_a * norm_b)) if norm_a > 0 and norm_b > 0 else (
         1.0 if norm_a == norm_b else 0.0)
     flips = 0
     rest_err, rest_b, rest_n = err_norm, norm_b, n
@@ -337,25 +344,24 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tol: Tolerance, mode: str = "st
         if int(np.count_nonzero(gated)) == mismatched and mismatched <= max(1, int(tol.flip_share * n)):
             flips = mismatched
             keep = ~gated
-            rest_err, rest_b, rest_n = float(np.linalg.norm(diff[keep])), float(np.linalg.norm(bf[keep])), n - flips
+            rest_err, rest_b, rest_n = float(np.linalg.norm(err[keep])), float(np.linalg.norm(bf[keep])), n - flips
     passed = mismatched == flips
     if tol.auto and tol.l2 is not None and rest_err > tol.l2 * rest_b:
         # Many small errors that together are too large for rounding alone.
         passed = passed and rest_err <= tol.floor * math.sqrt(rest_n)
-    allowed_flat = np.broadcast_to(allowed, err.shape).reshape(-1)
     return TensorDiff(
         passed,
         numel=n,
         mismatched=mismatched,
-        max_abs=float(err.reshape(-1)[i_abs]),
-        max_abs_index=_index(i_abs, err.shape),
-        max_rel=float(rel.reshape(-1)[i_rel]),
-        max_rel_index=_index(i_rel, err.shape),
+        max_abs=float(err[i_abs]),
+        max_abs_index=_index(i_abs, a.shape),
+        max_rel=max_rel,
+        max_rel_index=_index(i_rel, a.shape),
         cosine=cosine,
         rel_l2=rel_l2,
-        allowed_at_max=float(allowed_flat[i_abs]),
-        value_a=float(af.reshape(-1)[i_abs]),
-        value_b=float(bf.reshape(-1)[i_abs]),
+        allowed_at_max=allowed_at_max,
+        value_a=float(af[i_abs]),
+        value_b=float(bf[i_abs]),
         scale=scale,
         flips=flips,
         rel_l2_rest=rest_err / rest_b if rest_b > 0 else (0.0 if rest_err == 0 else math.inf),
