@@ -8,6 +8,7 @@ bug must fail, at the stage and layer where the bug is.
 
     python bench/bench_tolerance.py               # 100 seeds
     python bench/bench_tolerance.py --seeds 10
+    python bench/bench_tolerance.py --atol 1e-4 --rtol 1e-4   # a fixed tolerance, for comparison
 
 Prints, per clean pair, false alarms / seeds, the worst use of the tolerance over all its
 comparisons (1.0 = at the limit) and the runs where a near-tie flip was tolerated; per bug,
@@ -23,7 +24,9 @@ import contextlib
 import io
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 # One thread: the machine is shared, and torch's intra-op threads only add contention here.
@@ -56,9 +59,12 @@ def tolerance_use(diff) -> float:
     return max(uses, default=0.0)
 
 
+OPTIONS = {}  # log_dir, and --atol/--rtol: the same runs with a fixed tolerance
+
+
 def run(case):
     with contextlib.redirect_stdout(io.StringIO()):
-        return auto_diff(*case.models, case.inputs, **case.kwargs)
+        return auto_diff(*case.models, case.inputs, options=dict(OPTIONS), **case.kwargs)
 
 
 def findings(result):
@@ -102,11 +108,24 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=100, help="random seeds per pair and per bug (default 100)")
     parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--atol", type=float, default=None, help="a fixed atol instead of the default rule")
+    parser.add_argument("--rtol", type=float, default=None, help="a fixed rtol instead of the default rule")
     args = parser.parse_args(argv)
-    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    OPTIONS.clear()
+    OPTIONS.update({k: v for k, v in (("atol", args.atol), ("rtol", args.rtol)) if v is not None})
+    log_dir = tempfile.mkdtemp(prefix="padiff_bench_")  # the failure logs of every caught bug
+    try:
+        return _bench(range(args.first_seed, args.first_seed + args.seeds), log_dir)
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def _bench(seeds, log_dir) -> int:
     n = len(seeds)
     started = time.monotonic()
-    print(f"padiff default tolerance, {n} seeds each, float32 on CPU")
+    rule = ", ".join(f"{k}={v:g}" for k, v in OPTIONS.items()) or "padiff default tolerance"
+    OPTIONS["log_dir"] = log_dir
+    print(f"{rule}, {n} seeds each, float32 on CPU")
     print()
     print(f"{'clean pair':44s} {'false alarms':>12s} {'worst use':>10s} {'flip runs':>10s}")
     total_alarms = 0
