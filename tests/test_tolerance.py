@@ -180,6 +180,8 @@ class PaddleKinkNet(paddle.nn.Layer):
 
 
 def test_relu_on_its_kink_is_a_tolerated_flip_and_the_gradients_after_it_pass():
+    torch.manual_seed(0)
+    paddle.seed(0)
     inputs = (net_input("paddle"), net_input("torch"))
     result = auto_diff(PaddleKinkNet(), TorchKinkNet(), inputs)
     assert result, result.report
@@ -188,7 +190,7 @@ def test_relu_on_its_kink_is_a_tolerated_flip_and_the_gradients_after_it_pass():
     assert "1 element(s) are exactly zero in one model and not in the other" in flipped[0].diff.message()
     # fc1's weight gradient differs in the flipped unit's row: allowed as explained, not as noise
     grad = next(f for f in result.steps[0].grads if f.ref_path == "TorchKinkNet.fc1.weight")
-    assert grad.passed and grad.diff.rel_l2 > 100 * AUTO_TOLERANCES["float32"][3]
+    assert grad.passed and grad.diff.rel_l2 > 10 * AUTO_TOLERANCES["float32"][3]
     assert grad.diff.tolerance.explained == (flipped[0].diff.max_scaled, flipped[0].diff.rel_l2)
 
 
