@@ -26,8 +26,8 @@ The verdict rule (documented in the README, "How padiff decides"):
     element over tolerance is exactly zero in one model and not in the other, and they are
     at most ``FLIP_SHARE`` of the tensor, those elements are reported (``flips``) and left
     out of the verdict. The difference they cause is real, so the comparisons after them
-    in the backward pass (and the parameter gradients) are given ``explained`` = this
-    relative L2 error and allow ``EXPLAINED_FACTOR`` times it;
+    in the backward pass (and the parameter gradients) are given ``explained`` = the flip's
+    scaled max and relative L2 error and allow ``EXPLAINED_FACTOR`` times them;
   - a calibration (``padiff.calibrate``) in the options raises a layer's ``atol`` and
     ``l2`` to ``k`` times the noise measured between the reference model and its float64
     copy, and the message says whether the difference lies within that noise.
