@@ -6,6 +6,7 @@ when a user's object needs them.
 
 from . import auto_diff as auto_diff_module
 from .auto_diff import auto_diff, register_api
+from .calibrate import Calibration, LayerNoise, calibrate
 from .checks import CompareResult, check_dataloader, check_schedule, compare
 from .compare.result import AlignResult, Finding, StepResult
 from .dump import compare_dumps, dump, load_dump
@@ -24,5 +25,6 @@ __all__ = [
     "ReprodLogger", "ReprodDiffHelper", "check_checkpoints",
     "compare", "check_dataloader", "check_schedule", "CompareResult",
     "dump", "compare_dumps", "load_dump", "convert_checkpoint", "Converted", "RuleError",
+    "calibrate", "Calibration", "LayerNoise",
 ]
 __version__ = "0.1.0"

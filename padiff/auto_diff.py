@@ -434,17 +434,11 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
                     if schedulers is not None:
                         _step_scheduler(sides[idx], schedulers[idx])
                 sr.lr = _lr_findings(lrs, opts, step)
-                sr.weights = compare_links(
-                    links,
+                sr.weights = weight_findings(
+                    links, sr.grads,
                     lambda l: TensorRecord(ref.adapter.to_numpy(l.src_tensor), ref.adapter.dtype_name(l.src_tensor)),
                     lambda l: TensorRecord(test.adapter.to_numpy(l.dst_tensor), test.adapter.dtype_name(l.dst_tensor)),
-                    "weight", "weight", opts, step, reprs)
-                grads_ok = all(f.passed for f in sr.grads)
-                for f in sr.weights:
-                    if not f.passed:
-                        f.cause = ("The gradients agreed before the optimizer step, so this is an optimizer difference "
-                                   "(learning rate, momentum, weight decay, epsilon?)." if grads_ok else
-                                   "The gradients already differed, so this follows from the backward difference.")
+                    opts, step, reprs)
             result.steps.append(sr)
             out(f"{P} Max elementwise output diff is {sr.max_output_diff}")
             out(*console.notes_block(sr.notes))
@@ -476,6 +470,28 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
         out(f"{P} Reports: " + paths[0], *[f"{P}          {p}" for p in paths[1:]])
     result.report = out.text()
     return result
+
+
+def weight_findings(links, grad_findings, read_ref, read_test, opts, step, reprs):
+    """The weights after the optimizer step, compared; a difference where the gradients agreed
+    is named an optimizer difference."""
+    findings = compare_links(links, read_ref, read_test, "weight", "weight", opts, step, reprs)
+    grads_ok = all(f.passed for f in grad_findings)
+    buffers = {l.dst_path for l in links if not l.src_is_param}
+    for f in findings:
+        if f.passed:
+            continue
+        if f.test_path in buffers:
+            f.cause = ("This is a buffer the forward pass updates, not a weight the optimizer changes: in train mode "
+                       "paddle's BatchNorm updates its running variance with the biased batch variance, torch's "
+                       "with the unbiased one, which differ for small batches. Compare in eval mode, or ignore "
+                       "the running statistics.")
+        elif grads_ok:
+            f.cause = ("The gradients agreed before the optimizer step, so this is an optimizer difference "
+                       "(learning rate, momentum, weight decay, epsilon?).")
+        else:
+            f.cause = "The gradients already differed, so this follows from the backward difference."
+    return findings
 
 
 def _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_map) -> StepResult:

@@ -183,3 +183,20 @@ def test_data_loader_loop_of_seed_000_carries_state_across_calls(capsys):
             break
     assert results == [True, True, True]
     assert not torch.equal(weights[0], weights[2])  # training went on across the calls
+
+
+def test_batchnorm_running_variance_is_named_a_buffer_not_an_optimizer_difference(capsys):
+    import models
+
+    paddle_model, torch_model = models.convnet_pair(width=4, blocks=(1,))
+    paddle_model.train()
+    torch_model.train()
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype("float32")  # 32 values per channel
+    popt = paddle.optimizer.SGD(learning_rate=0.01, parameters=paddle_model.parameters())
+    topt = torch.optim.SGD(torch_model.parameters(), lr=0.01)
+    result = auto_diff(paddle_model, torch_model, ({"x": paddle.to_tensor(x)}, {"x": torch.tensor(x)}),
+                       optimizer=[popt, topt])
+    assert not result and result.first.stage == "weight"
+    assert result.first.test_path.endswith("._variance")
+    assert result.first.cause.startswith("This is a buffer the forward pass updates, not a weight the optimizer")
+    assert all(f.passed for f in result.steps[0].weights if not f.test_path.endswith("._variance"))

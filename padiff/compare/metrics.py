@@ -330,6 +330,8 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tol: Tolerance, mode: str = "st
     np.nan_to_num(rel, copy=False, nan=0.0, posinf=np.inf)  # 0/0 is no error; x/0 stays infinite
     i_rel = int(np.argmax(rel))
     max_rel = float(rel[i_rel])
+    if work is np.float32 and scale < 1e-15:  # squares of values this small underflow in float32
+        af, bf, err = af.astype(np.float64), bf.astype(np.float64), err.astype(np.float64)
     norm_b = math.sqrt(float(np.dot(bf, bf)))
     norm_a = math.sqrt(float(np.dot(af, af)))
     err_norm = math.sqrt(float(np.dot(err, err)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import List
 
-from ..auto_diff import (SideRun, _compare_step, _loss_finding, _lr_findings,
+from ..auto_diff import (SideRun, _compare_step, _loss_finding, _lr_findings, weight_findings,
                          _Printer, _render_failure)
 from ..compare.engine import compare_links
 from ..compare.metrics import compare_arrays, tolerance_for
@@ -73,15 +73,8 @@ def compare_dumps(path_a, path_b, options=None, **kwargs) -> AlignResult:
             sr.loss = _loss_finding(ref_run, test_run, opts.use_loss, opts, step)
         if opts.use_opt:
             sr.lr = _lr_findings([ref_d.lr(step), test_d.lr(step)], opts, step)
-            sr.weights = compare_links(links, lambda l: ref_d.weight_after(l.src_tensor, step),
-                                       lambda l: test_d.weight_after(l.dst_tensor, step),
-                                       "weight", "weight", opts, step, reprs)
-            grads_ok = all(f.passed for f in sr.grads)
-            for f in sr.weights:
-                if not f.passed:
-                    f.cause = ("The gradients agreed before the optimizer step, so this is an optimizer difference "
-                               "(learning rate, momentum, weight decay, epsilon?)." if grads_ok else
-                               "The gradients already differed, so this follows from the backward difference.")
+            sr.weights = weight_findings(links, sr.grads, lambda l: ref_d.weight_after(l.src_tensor, step),
+                                         lambda l: test_d.weight_after(l.dst_tensor, step), opts, step, reprs)
         result.steps.append(sr)
         out(f"{P} Max elementwise output diff is {sr.max_output_diff}")
         out(*console.notes_block(sr.notes))

@@ -73,6 +73,11 @@ class TensorLink:
     converted: Converted
 
     @property
+    def src_is_param(self) -> bool:
+        """False for a buffer of the source (torch's BatchNorm running statistics)."""
+        return next((p for n, _, p in self.src_unit.tensors if n == self.src_name), True)
+
+    @property
     def src_path(self) -> str:
         return f"{self.src_unit.path}.{self.src_name}"
 
