@@ -23,6 +23,7 @@ from .errors import PadiffError
 from .frameworks import adapter_for
 from .options import Options, build_options
 from .record.recorder import Recorder
+from ._memory import release_freed_memory
 from .record.trace import TensorRecord
 from .report import console
 from .report.weights import copy_failure_lines
@@ -427,6 +428,8 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
             sr.loss = _loss_finding(ref_run, test_run, loss_fns, opts, step)
             ref_run.trace.drop_arrays()  # every figure is in the findings now
             test_run.trace.drop_arrays()
+            del ref_run, test_run, runs
+            release_freed_memory()
             if optimizers is not None:
                 lrs = [_learning_rates(sides[i], optimizers[i]) for i in (ref_i, 1 - ref_i)]
                 for idx in (ref_i, 1 - ref_i):
