@@ -100,12 +100,15 @@ def make_call(side: Side, inp, notes: List[str], grad_inputs: bool = False):
 
 
 def _leaf_array(side: Side, leaf):
+    """(array, dtype name) of an input leaf; the framework's dtype name for tensors, since a
+    bfloat16 tensor arrives as a float32 array."""
     ad = side.adapter
     if ad.is_tensor(leaf):
-        return ad.to_numpy(leaf)
+        return ad.to_numpy(leaf), ad.dtype_name(leaf)
     if isinstance(leaf, (np.ndarray, int, float, bool, np.generic)):
-        return np.asarray(leaf)
-    return None
+        arr = np.asarray(leaf)
+        return arr, str(arr.dtype)
+    return None, ""
 
 
 def check_inputs(sides, inputs, notes: List[str]) -> None:
@@ -122,7 +125,7 @@ def check_inputs(sides, inputs, notes: List[str]) -> None:
             f"{len(b)} for the {sides[1].label} model. Give both models the same inputs, in the same order."
         )
     for (ia, la), (ib, lb) in zip(a, b):
-        xa, xb = _leaf_array(sides[0], la), _leaf_array(sides[1], lb)
+        (xa, da), (xb, db) = _leaf_array(sides[0], la), _leaf_array(sides[1], lb)
         if xa is None or xb is None:
             continue
         name = show_id(ia, "input")
@@ -132,7 +135,7 @@ def check_inputs(sides, inputs, notes: List[str]) -> None:
                 f"{list(xb.shape)} ({sides[1].label}). Give both models the same data."
             )
         if xa.size and xa.dtype.kind in "fc" and xb.dtype.kind in "fc":
-            d = compare_arrays(xa, xb, tolerance_for(Options(), str(xa.dtype), str(xb.dtype)))
+            d = compare_arrays(xa, xb, tolerance_for(Options(), da, db))
             if not d.passed:
                 notes.append(f"The two models' inputs differ at {name} (greatest difference {d.max_abs:.3g}): "
                              "every layer will differ. Check that both sides get the same data.")

@@ -355,3 +355,31 @@ def test_ignored_layers_are_left_out_of_the_comparison():
     result = auto_diff(paddle_model, torch_model, (net_input("paddle"), net_input("torch")), layer_map=layer_map)
     assert not result
     assert result.first.ref_node.path == "TorchNet.proj"  # act itself is not compared; what follows it differs
+
+
+def test_fp32_against_bf16_of_the_same_torch_model(capsys):
+    from support import TorchNet
+
+    x = np.random.default_rng(0).standard_normal((6, 8)).astype("float32")
+    full, half = TorchNet(), TorchNet().to(torch.bfloat16)
+    result = auto_diff(full, half, ({"x": torch.tensor(x)}, {"x": torch.tensor(x).bfloat16()}))
+    assert result, capsys.readouterr().out[-2000:]
+    compared = result.steps[0].forward[0].diff
+    assert compared.dtype_b == "float32" and compared.dtype_a == "bfloat16"
+    assert compared.tolerance.source == "bfloat16"  # the lower precision decides
+    # and a real bug is still found at bf16 tolerance
+    buggy = TorchNet("activation").to(torch.bfloat16)
+    result = auto_diff(full, buggy, ({"x": torch.tensor(x)}, {"x": torch.tensor(x).bfloat16()}))
+    assert not result and result.first.ref_node.path == "TorchNet.act"
+
+
+def test_weights_copy_into_bfloat16_paddle_parameters():
+    from padiff import assign_weight
+
+    torch_model, paddle_model = make_net("torch"), make_net("paddle")
+    paddle_model.to(dtype="bfloat16")
+    assert assign_weight(paddle_model, torch_model)
+    copied = paddle_model.linear1.weight.astype("float32").numpy()
+    expected = torch_model.linear1.weight.detach().numpy().T
+    np.testing.assert_allclose(copied, expected, rtol=1e-2, atol=1e-2)
+    assert str(paddle_model.linear1.weight.dtype).endswith("bfloat16")

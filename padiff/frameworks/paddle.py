@@ -149,10 +149,12 @@ class Adapter:
 
     # --- autograd ------------------------------------------------------------------------
     def default_loss(self, tensors):
+        """The sum of the outputs' means, each in its own dtype (a bfloat16 model's loss is
+        bfloat16, so it is judged at bfloat16 tolerance)."""
         total = None
         for t in tensors:
-            term = t.astype("float32").mean() if self.dtype_name(t) != "float64" else t.mean()
-            total = term if total is None else total + term
+            term = t.mean()
+            total = term if total is None else total + term.astype(total.dtype)
         return total
 
     def backward(self, loss, grad=None) -> None:
@@ -174,7 +176,11 @@ class Adapter:
         return paddle.no_grad()
 
     def set_value(self, param, array: np.ndarray) -> None:
-        param.set_value(np.ascontiguousarray(array).astype(self.numpy_dtype(param)))
+        value = np.ascontiguousarray(array)
+        if self.dtype_name(param) in _NUMPY_OK:
+            param.set_value(value.astype(self.dtype_name(param)))
+        else:  # bfloat16 and friends: numpy has no such type, cast in paddle
+            param.set_value(paddle.to_tensor(value).astype(param.dtype))
 
     def numpy_dtype(self, tensor):
         name = self.dtype_name(tensor)

@@ -150,10 +150,12 @@ class Adapter:
 
     # --- autograd ------------------------------------------------------------------------
     def default_loss(self, tensors):
+        """The sum of the outputs' means, each in its own dtype (a bfloat16 model's loss is
+        bfloat16, so it is judged at bfloat16 tolerance)."""
         total = None
         for t in tensors:
-            term = t.float().mean() if t.dtype != torch.float64 else t.mean()
-            total = term if total is None else total + term
+            term = t.mean()
+            total = term if total is None else total + term.to(total.dtype)
         return total
 
     def backward(self, loss, grad=None) -> None:
