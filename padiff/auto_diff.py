@@ -463,17 +463,26 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
             for s in sides:
                 _clear_grads(s)
 
+    return finish(result, out, ref, test, ref_i, opts)
+
+
+def finish(result: AlignResult, out, ref, test, ref_i, opts) -> AlignResult:
+    """The end of a report, shared with the offline compare: the failure block and diff logs,
+    the HTML report and tables when asked, a short summary (coloured on a terminal), and the
+    seeds' verdict line last."""
     result.passed = result.first is None
-    if result.passed:
-        out(f"{P} SUCCESS !!!")
-    else:
+    if not result.passed:
         _render_failure(result, out, ref, test, ref_i, opts)
     if opts.report == "html":
-        from .report.html import write_reports
+        from .report.html import write_reports  # needs jinja2: imported only when asked for
 
         paths = write_reports(result, opts.log_dir)
         result.log_files.extend(paths)
         out(f"{P} Reports: " + paths[0], *[f"{P}          {p}" for p in paths[1:]])
+    from .report.tables import console_summary
+
+    out("", *console_summary(result, stream=out.stream or sys.stdout).splitlines())
+    out(f"{P} SUCCESS !!!" if result.passed else f"{P} FAILED !!!")
     result.report = out.text()
     return result
 
@@ -637,4 +646,3 @@ def _render_failure(result: AlignResult, out, ref, test, ref_i, opts):
             if name.startswith("weight") and bad[0].cause.startswith("The gradients agreed"):
                 extra = " The gradients agreed: an optimizer difference."
             out(f"{P} Diff found in {what} ({len(bad)} of {len(findings)} parameters), check report `{path}`.{extra}")
-    out(f"{P} FAILED !!!")

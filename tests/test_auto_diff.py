@@ -383,3 +383,13 @@ def test_weights_copy_into_bfloat16_paddle_parameters():
     expected = torch_model.linear1.weight.detach().numpy().T
     np.testing.assert_allclose(copied, expected, rtol=1e-2, atol=1e-2)
     assert str(paddle_model.linear1.weight.dtype).endswith("bfloat16")
+
+
+def test_report_ends_with_a_summary_then_the_verdict(capsys):
+    result, text, _, _ = run(("paddle", "torch"), "activation", capsys=capsys)
+    lines = text.rstrip().splitlines()
+    assert lines[-1] == "[AutoDiff] FAILED !!!"
+    assert "padiff: NOT ALIGNED  torch (reference) vs paddle, 1 step" in text  # plain: not a terminal
+    assert "\x1b[" not in text
+    summary = text[text.index("padiff: NOT ALIGNED"):]
+    assert "  torch:  TorchNet.act (ReLU)" in summary and "  paddle: PaddleNet.act (Sigmoid)" in summary

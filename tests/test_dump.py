@@ -312,7 +312,9 @@ def test_damaged_or_newer_dumps_are_refused(tmp_path):
     node = d.trace(0).root
     assert node.path == "PaddleNet" and d.framework == "paddle" and d.model_class == "PaddleNet"
     result = compare_dumps(tmp_path / "d", tmp_path / "d", report="html", atol=0, rtol=0)
-    assert result and result.log_files == [os.path.join(os.environ["PADIFF_LOG_DIR"], "padiff_report.html")]
+    log_dir = os.environ["PADIFF_LOG_DIR"]
+    assert result and result.log_files == [os.path.join(log_dir, name) for name in
+                                           ("padiff_report.html", "padiff_metrics.csv", "padiff_metrics.json")]
     manifest = tmp_path / "d" / "manifest.json"
     manifest.write_text(manifest.read_text().replace('"version":1', '"version":2'))
     with pytest.raises(PadiffError, match=r"The dump `.*d` has format version 2, made by a newer padiff; this padiff "

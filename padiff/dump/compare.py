@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import List
 
 from ..auto_diff import (SideRun, _compare_step, _loss_finding, _lr_findings, weight_findings,
-                         _Printer, _render_failure)
+                         _Printer, finish)
 from ..compare.engine import compare_links
 from ..compare.metrics import compare_arrays, tolerance_for
 from ..compare.result import AlignResult
@@ -90,20 +90,7 @@ def compare_dumps(path_a, path_b, options=None, **kwargs) -> AlignResult:
         if sr.grads or sr.weights:
             out(f"{P} weight and grad compared.")
 
-    result.passed = result.first is None
-    if result.passed:
-        out(f"{P} SUCCESS !!!")
-    else:
-        _render_failure(result, out, ref, test, ref_i, opts)
-    if opts.report == "html":
-        import os
-
-        from ..report.html import HTML_NAME, write_html  # needs jinja2: imported only when asked for
-
-        result.log_files.append(write_html(result, os.path.join(opts.log_dir, HTML_NAME)))
-        out(f"{P} HTML report: `{result.log_files[-1]}`")
-    result.report = out.text()
-    return result
+    return finish(result, out, ref, test, ref_i, opts)
 
 
 # --- options ------------------------------------------------------------------------------------
