@@ -393,3 +393,39 @@ def test_report_ends_with_a_summary_then_the_verdict(capsys):
     assert "\x1b[" not in text
     summary = text[text.index("padiff: NOT ALIGNED"):]
     assert "  torch:  TorchNet.act (ReLU)" in summary and "  paddle: PaddleNet.act (Sigmoid)" in summary
+
+
+def test_in_place_ops_do_not_rewrite_what_was_recorded(capsys):
+    # torch's ReLU(inplace=True) and `x += ...` change the previous layer's output tensor in
+    # place; a port without in-place ops must still agree at every layer, forward and backward
+    class TorchInPlace(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 8)
+            self.act = torch.nn.ReLU(inplace=True)
+            self.fc2 = torch.nn.Linear(8, 8)
+            self.head = torch.nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = self.act(self.fc(x))
+            y = self.fc2(h)
+            y += h
+            return self.head(y)
+
+    class PaddleNoInPlace(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.fc = paddle.nn.Linear(8, 8)
+            self.act = paddle.nn.ReLU()
+            self.fc2 = paddle.nn.Linear(8, 8)
+            self.head = paddle.nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = self.act(self.fc(x))
+            return self.head(self.fc2(h) + h)
+
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype("float32")
+    result = auto_diff(PaddleNoInPlace(), TorchInPlace(), ({"x": paddle.to_tensor(x)}, {"x": torch.tensor(x)}))
+    assert result, capsys.readouterr().out[-3000:]
+    fc = [f for f in result.steps[0].forward if f.ref_path == "TorchInPlace.fc"][0]
+    assert fc.diff.value_b is not None and fc.passed

@@ -104,10 +104,14 @@ class Adapter:
 
     # --- tensors -------------------------------------------------------------------------
     def to_numpy(self, tensor) -> np.ndarray:
+        """A copy, never a view: a CPU tensor's .numpy() shares its memory, and a later in-place
+        op (ReLU(inplace=True), x += y) would change what was recorded."""
         t = tensor.detach()
         if t.dtype not in _NUMPY_OK:
-            t = t.float()  # bfloat16, float8, ...: numpy has no such type
-        return t.cpu().numpy()
+            return t.float().cpu().numpy()  # bfloat16, float8, ...: .float() made a new tensor
+        if t.device.type != "cpu":
+            return t.cpu().numpy()  # the transfer made a copy
+        return t.numpy().copy()
 
     def version(self, tensor) -> int:
         """Counter bumped by every in-place change of the tensor."""

@@ -237,9 +237,11 @@ class Recorder:
         return rec
 
     def _want_grad(self, tensor, store: dict, key: str) -> None:
-        """Record ``tensor``'s gradient into ``store[key]``: one hook per tensor, however many
-        layers saw it, and one copy of its gradient shared by all of them."""
-        wanted = self._grad_wanted.get(id(tensor))
+        """Record ``tensor``'s gradient into ``store[key]``: one hook per tensor value, however
+        many layers saw it, and one copy of its gradient shared by all of them. A tensor changed
+        in place is a new value: a hook registered after the change gets its own gradient."""
+        ident = (id(tensor), self.adapter.version(tensor))  # after an in-place op: a new value
+        wanted = self._grad_wanted.get(ident)
         if wanted is not None and wanted[0]() is tensor:
             wanted[1].append((store, key))
             return
@@ -253,7 +255,7 @@ class Recorder:
                     st[k] = rec
 
         try:
-            self._grad_wanted[id(tensor)] = (weakref.ref(tensor), targets)
+            self._grad_wanted[ident] = (weakref.ref(tensor), targets)
         except TypeError:
             pass
         self._handles.append(ad.add_grad_hook(tensor, on_grad))
