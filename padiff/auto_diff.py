@@ -23,6 +23,7 @@ from .errors import PadiffError
 from .frameworks import adapter_for
 from .options import Options, build_options
 from .record.recorder import Recorder
+from .record.spill import Spill
 from ._memory import release_freed_memory
 from .record.trace import TensorRecord
 from .report import console
@@ -194,12 +195,12 @@ def _loss_of(side: Side, out, loss_fn):
 
 
 def run_side(side: Side, call, *, opts: Options, loss_fn, need_loss: bool, param_paths, keep_inputs: bool,
-             layer_map=None) -> SideRun:
+             layer_map=None, spill=None) -> SideRun:
     """Record one model's forward (and backward); read its parameter gradients."""
     ad = side.adapter
     stop = layer_map.stops if layer_map is not None else None
     rec = Recorder(ad, side.model, side.name, grads=opts.check_backward, keep_inputs=keep_inputs, stop_at=stop,
-                   api=opts.api_check, extra_api=opts.thirdparty_api + registered_apis())
+                   api=opts.api_check, extra_api=opts.thirdparty_api + registered_apis(), spill=spill)
     with rec:
         out = rec.run(call, side.label)
         if need_loss:
@@ -421,17 +422,20 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
             out(console.step_header(step) + (_eta(step, opts.steps, started) if opts.steps > 1 else ""))
             for s in sides:
                 _clear_grads(s)
-            runs = {}
-            for idx in (ref_i, 1 - ref_i):
-                runs[idx] = run_side(sides[idx], calls[idx], opts=opts, loss_fn=loss_fns[idx] if loss_fns else None,
-                                     need_loss=need_loss, param_paths=param_paths[idx],
-                                     keep_inputs=opts.single_step and idx == ref_i, layer_map=layer_map)
-            ref_run, test_run = runs[ref_i], runs[1 - ref_i]
-            sr = _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_map)
-            sr.loss = _loss_finding(ref_run, test_run, loss_fns, opts, step)
-            ref_run.trace.drop_arrays()  # every figure is in the findings now
-            test_run.trace.drop_arrays()
-            del ref_run, test_run, runs
+            budget = None if opts.memory_budget_mb is None else int(opts.memory_budget_mb * 2 ** 20)
+            with Spill(budget) as ref_spill, Spill(budget) as test_spill:
+                runs = {}
+                for idx, spill in ((ref_i, ref_spill), (1 - ref_i, test_spill)):
+                    runs[idx] = run_side(sides[idx], calls[idx], opts=opts,
+                                         loss_fn=loss_fns[idx] if loss_fns else None, need_loss=need_loss,
+                                         param_paths=param_paths[idx], keep_inputs=opts.single_step and idx == ref_i,
+                                         layer_map=layer_map, spill=spill)
+                ref_run, test_run = runs[ref_i], runs[1 - ref_i]
+                sr = _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_map)
+                sr.loss = _loss_finding(ref_run, test_run, loss_fns, opts, step)
+                ref_run.trace.drop_arrays()  # every figure is in the findings now
+                test_run.trace.drop_arrays()
+                del ref_run, test_run, runs
             release_freed_memory()
             if optimizers is not None:
                 lrs = [_learning_rates(sides[i], optimizers[i]) for i in (ref_i, 1 - ref_i)]

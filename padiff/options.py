@@ -65,6 +65,9 @@ class Options:
     # Per-dtype overrides: tuple of (dtype name, atol, rtol).
     dtype_tolerances: Tuple[Tuple[str, Optional[float], Optional[float]], ...] = ()
     tree_inline_lines: int = 60
+    # Records of one model's run kept in memory; beyond this they go to a temporary file and are
+    # read back memory-mapped (issue 9's spill). None: no limit.
+    memory_budget_mb: Optional[float] = 256.0
     use_loss: bool = False
     use_opt: bool = False
     calibration: Optional[object] = None  # padiff.calibrate(...): per-layer measured noise
@@ -165,6 +168,11 @@ def build_options(
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise PadiffError(f"Option steps must be a whole number >= 1, got {steps!r}.")
         values["steps"] = steps
+    if "memory_budget_mb" in merged:
+        budget = merged["memory_budget_mb"]
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0):
+            raise PadiffError(f"Option memory_budget_mb must be a number of megabytes >= 0 or None, got {budget!r}.")
+        values["memory_budget_mb"] = budget
     if "tree_inline_lines" in merged:
         values["tree_inline_lines"] = int(merged["tree_inline_lines"])
     if "thirdparty_api" in merged:

@@ -429,3 +429,39 @@ def test_in_place_ops_do_not_rewrite_what_was_recorded(capsys):
     assert result, capsys.readouterr().out[-3000:]
     fc = [f for f in result.steps[0].forward if f.ref_path == "TorchInPlace.fc"][0]
     assert fc.diff.value_b is not None and fc.passed
+
+
+@pytest.mark.parametrize("single_step", [False, True])
+def test_records_beyond_the_memory_budget_spill_to_disk_with_the_same_findings(tmp_path, monkeypatch, single_step):
+    import tempfile
+
+    import models
+
+    from padiff.record import spill as spill_module
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    mapped = []
+    keep = spill_module.Spill.keep
+    monkeypatch.setattr(spill_module.Spill, "keep",
+                        lambda self, array: mapped.append(1) or keep(self, array) if self.budget == 0 else keep(self, array))
+    x = np.random.default_rng(0).standard_normal((4, 64, 64)).astype("float32")  # 64 KiB activations
+    runs = {}
+    for budget in (None, 0):
+        paddle_model, torch_model = models.encoder_pair(bug="gelu_tanh", dim=64, hidden=256, depth=2)
+        inputs = ({"x": paddle.to_tensor(x)}, {"x": torch.tensor(x)})
+        runs[budget] = auto_diff(paddle_model, torch_model, inputs,
+                                 options={"memory_budget_mb": budget, "single_step": single_step})
+    in_memory, spilled = runs[None], runs[0]
+    assert not in_memory and not spilled
+    assert spilled.first.ref_path == in_memory.first.ref_path
+    figures = lambda r: [(f.ref_path, f.what, f.diff.max_abs, f.diff.rel_l2, f.passed)
+                         for f in r.steps[0].all_findings()]
+    assert figures(spilled) == figures(in_memory)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("padiff-spill-")] == []
+    assert len(mapped) > 50  # the budget-0 run did go through the spill
+
+
+def test_memory_budget_must_be_a_size():
+    models, inputs = build(("paddle", "torch"))
+    with pytest.raises(PadiffError, match="Option memory_budget_mb must be a number of megabytes >= 0 or None"):
+        auto_diff(models[0], models[1], inputs, options={"memory_budget_mb": "lots"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, List, Tuple
 
+from ..record.spill import release
 from ..record.trace import Node, TensorRecord
 from ..structure import show_id
 from .metrics import TensorDiff, compare_records, explained_error, tolerance_for
@@ -23,6 +24,8 @@ def _compare_once(test_rec: TensorRecord, ref_rec: TensorRecord, tol, mode: str,
         return hit[2]
     diff = compare_records(test_rec, ref_rec, tol, mode)
     memo[key] = (test_rec, ref_rec, diff)
+    release(test_rec.array)  # spilled records: their pages go back until needed again
+    release(ref_rec.array)
     return diff
 
 

@@ -84,7 +84,7 @@ class Recorder:
     """
 
     def __init__(self, adapter, model, root_name: str, *, grads: bool, keep_inputs: bool = False,
-                 stop_at: Callable = None, api: bool = False, extra_api: Sequence[str] = ()):
+                 stop_at: Callable = None, api: bool = False, extra_api: Sequence[str] = (), spill=None):
         self.adapter = adapter
         self.model = model
         self.grads = grads
@@ -93,6 +93,7 @@ class Recorder:
         self.extra_api = tuple(extra_api)
         self._patcher = None
         self._in_api = False
+        self._keep = spill.keep if spill is not None else (lambda array: array)
         self.walk = LayerWalk(adapter, model, root_name, stop_at)
         self.trace = Trace(adapter.name, root_name)
         self._handles: List = []
@@ -229,7 +230,7 @@ class Recorder:
         hit = self._records.get(key)
         if hit is not None and hit[0]() is value and hit[1] == version:
             return hit[2]
-        rec = TensorRecord(ad.to_numpy(value), ad.dtype_name(value), ad.shape(value))
+        rec = TensorRecord(self._keep(ad.to_numpy(value)), ad.dtype_name(value), ad.shape(value))
         try:
             self._records[key] = (weakref.ref(value), version, rec)
         except TypeError:  # a tensor type without weak references: do not share
@@ -250,7 +251,7 @@ class Recorder:
 
         def on_grad(grad):
             if grad is not None:
-                rec = TensorRecord(ad.to_numpy(grad), ad.dtype_name(grad), ad.shape(grad))
+                rec = TensorRecord(self._keep(ad.to_numpy(grad)), ad.dtype_name(grad), ad.shape(grad))
                 for st, k in targets:
                     st[k] = rec
 
