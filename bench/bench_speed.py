@@ -65,6 +65,9 @@ def bare_step(paddle_model, torch_model, inputs):
             p.grad = None if hasattr(p, "requires_grad") else p.clear_gradient(False)
 
 
+OPTIONS = {}
+
+
 def padiff_step(paddle_model, torch_model, inputs, quiet=True):
     import contextlib
     import io
@@ -73,7 +76,7 @@ def padiff_step(paddle_model, torch_model, inputs, quiet=True):
 
     sink = io.StringIO()
     with contextlib.redirect_stdout(sink):
-        result = auto_diff(paddle_model, torch_model, inputs, auto_weights=False)
+        result = auto_diff(paddle_model, torch_model, inputs, auto_weights=False, options=OPTIONS)
     if not result:
         raise SystemExit("the benchmark pair is not aligned:\n" + sink.getvalue()[-2000:])
     return result
@@ -136,10 +139,11 @@ def child(kind: str, mode: str, quick: bool) -> None:
     print(json.dumps({"peak": peak, "growth": growth}))
 
 
-def measure_memory(kind: str, quick: bool):
+def measure_memory(kind: str, quick: bool, budget=None):
     out = {}
     for mode in ("bare", "padiff"):
-        proc = subprocess.run([sys.executable, __file__, "--child", kind, mode] + (["--quick"] if quick else []),
+        extra = ["--memory-budget", str(budget)] if budget is not None else []
+        proc = subprocess.run([sys.executable, __file__, "--child", kind, mode] + (["--quick"] if quick else []) + extra,
                               capture_output=True, text=True, timeout=900)
         lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
         if proc.returncode != 0 or not lines:
@@ -154,8 +158,12 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--memory-budget", type=float, default=None,
+                    help="auto_diff's memory_budget_mb (records beyond it spill to disk); default: padiff's own")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.memory_budget is not None:
+        OPTIONS["memory_budget_mb"] = None if args.memory_budget < 0 else args.memory_budget
     if args.child:
         child(args.child[0], args.child[1], args.quick)
         return 0
@@ -170,7 +178,7 @@ def main(argv=None) -> int:
         mem = "-"
         growth = "-"
         if not args.no_memory:
-            m = measure_memory(kind, args.quick)
+            m = measure_memory(kind, args.quick, args.memory_budget)
             mem = f"{m['padiff']['peak'] / max(m['bare']['peak'], 1e-6):.2f}x"
             growth = f"{m['padiff']['growth']:+.1f} (bare {m['bare']['growth']:+.1f})"
         print(f"{kind:<10} {bare:8.3f} {full:9.3f} {full / bare:6.2f}x {'1.15x':>7}   {mem:>6} {'1.30x':>7}   "
