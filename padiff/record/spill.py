@@ -13,19 +13,23 @@ import numpy as np
 
 
 class Spill:
-    """A budget in bytes and the folder arrays go to once it is spent. Use as a context
-    manager: the folder is removed on exit, whatever happened."""
+    """A budget in bytes and the file arrays go to once it is spent: one file per model run,
+    each array a region of it. Use as a context manager: the file is removed on exit,
+    whatever happened."""
 
     def __init__(self, budget_bytes):
         self.budget = float("inf") if budget_bytes is None else budget_bytes
         self.held = 0
         self.folder = None
-        self.count = 0
+        self._file = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
@@ -36,12 +40,14 @@ class Spill:
         if self.held + array.nbytes <= self.budget or array.nbytes < (1 << 16):
             self.held += array.nbytes
             return array
-        if self.folder is None:
+        if self._file is None:
             self.folder = tempfile.mkdtemp(prefix="padiff-spill-")
-        path = os.path.join(self.folder, f"{self.count}.npy")
-        self.count += 1
-        np.save(path, array, allow_pickle=False)
-        return np.load(path, mmap_mode="r")
+            self._file = open(os.path.join(self.folder, "records.bin"), "w+b")
+        array = np.ascontiguousarray(array)
+        offset = self._file.seek(0, os.SEEK_END)
+        array.tofile(self._file)
+        self._file.flush()
+        return np.memmap(self._file, dtype=array.dtype, mode="r", offset=offset, shape=array.shape)
 
 
 def release(array) -> None:
