@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from ..errors import PadiffError
 from ..structure import flatten
 from .trace import Node, TensorRecord
 
@@ -101,7 +102,11 @@ class Replayer:
         try:
             for key in substitute:
                 handles.extend(ad.add_forward_hooks(self.layers[key], make_pre(key), make_post(key)))
-            out = layer(*args, **kwargs)
+            try:
+                out = layer(*args, **kwargs)
+            except Exception as exc:  # the user's layer, not padiff, raised
+                raise PadiffError(f"Replaying `{test.label()}` on the reference model's inputs (single-step mode) "
+                                  f"raised {type(exc).__name__}: {exc}") from exc
             leaves = flatten(out, ad.is_tensor)
             for id_path, leaf in leaves:
                 if ad.is_tensor(leaf):
