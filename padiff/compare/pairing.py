@@ -140,13 +140,26 @@ def pair_traces(ref: Trace, test: Trace, *, ref_label: str, test_label: str,
 
 
 def _api_key(node: Node):
-    return canonical(node.name), tuple(tuple(r.shape) for _, r in node.outputs)
+    prints = node.in_prints
+    return (canonical(node.name), tuple(tuple(r.shape) for _, r in node.outputs),
+            None if prints is None else len(prints))
+
+
+def _same_inputs(x: Node, y: Node, rel: float = 1e-2) -> bool:
+    """Two calls of one operation are the same computation only if they got the same inputs:
+    ``3.9 * x`` and ``x * x`` are both a multiplication of an input of this shape. Inputs are
+    compared by their norms, loosely (differences inherited from earlier layers are far
+    smaller); a call recorded without them (an older dump) is not checked."""
+    if x.in_prints is None or y.in_prints is None:
+        return True
+    return all(abs(p - q) <= rel * max(abs(p), abs(q)) + 1e-30 for p, q in zip(x.in_prints, y.in_prints))
 
 
 def _pair_api_calls(ca: List[Node], cb: List[Node], result: Pairing) -> None:
     """Framework calls inside one layer pair by order, as the longest common sequence of
-    (operation, output shapes): an extra reshape on one side, or a call whose layout differs
-    between frameworks, is left unpaired instead of shifting every later pair."""
+    (operation, output shapes, number of floating inputs): an extra reshape on one side, or a
+    call whose layout differs between frameworks, is left unpaired instead of shifting every
+    later pair; and a pair whose inputs differ is not the same computation and stays unpaired."""
     if not ca or not cb:
         result.unpaired.extend(ca or cb)
         return
@@ -155,6 +168,8 @@ def _pair_api_calls(ca: List[Node], cb: List[Node], result: Pairing) -> None:
     for block in matcher.get_matching_blocks():
         for k in range(block.size):
             x, y = ca[block.a + k], cb[block.b + k]
+            if not _same_inputs(x, y):
+                continue
             result.add(x, y)
             paired_a.add(id(x))
             paired_b.add(id(y))

@@ -305,6 +305,9 @@ class Dump:
                      enter_seq=e["enter"], exit_seq=e["exit"], has_params=e["has_params"],
                      call_count=e["call_count"])
             n.frames = tuple(StoredFrame(f[0], f[1], f[2], f[3] if len(f) > 3 else "") for f in e["frames"])
+            n.input_ids = list(e.get("input_ids", ()))
+            prints = e.get("in_prints")
+            n.in_prints = tuple(prints) if prints is not None else None
             n.outputs = [(i, self.record(r, shared)) for i, r in e["outputs"]]
             n.grad_out = {i: self.record(r, shared) for i, r in e["grad_out"]}
             n.grad_in = {i: self.record(r, shared) for i, r in e["grad_in"]}

@@ -111,6 +111,10 @@ class Adapter:
         """Counter bumped by every in-place change of the tensor."""
         return int(tensor.inplace_version)
 
+    def fingerprint(self, tensor) -> float:
+        """The L2 norm of a floating tensor, accumulated in float64 (to tell calls apart)."""
+        return float(paddle.linalg.norm(tensor.detach().astype("float64")))
+
     def dtype_name(self, tensor) -> str:
         return str(tensor.dtype).replace("paddle.", "")
 

@@ -188,6 +188,9 @@ class Recorder:
             node.enter_seq = self._seq
             self._seq += 1
             node.frames = user_frames(self._internal, self._run_frame)
+            ad = self.adapter
+            node.in_prints = tuple(ad.fingerprint(t) for _, t in flatten((args, kwargs), ad.is_tensor)
+                                   if ad.is_tensor(t) and ad.is_floating(t))  # before an in-place op runs
             out = original(*args, **kwargs)
             node.exit_seq = self._seq
             self._seq += 1
