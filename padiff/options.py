@@ -202,6 +202,3 @@ def build_options(
         )
     return Options(**values)
 
-
-def with_changes(opts: Options, **changes) -> Options:
-    return dataclasses.replace(opts, **changes)

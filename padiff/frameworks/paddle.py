@@ -135,9 +135,6 @@ class Adapter:
     def device_name(self, tensor) -> str:
         return str(tensor.place)
 
-    def from_numpy_like(self, array, like):
-        out = paddle.to_tensor(np.ascontiguousarray(array), place=like.place)
-        return out.astype(like.dtype) if out.dtype != like.dtype else out
 
     def detach_requires_grad(self, tensor):
         out = tensor.detach().clone()
@@ -191,9 +188,6 @@ class Adapter:
         else:  # bfloat16 and friends: numpy has no such type, cast in paddle
             param.set_value(paddle.to_tensor(value).astype(param.dtype))
 
-    def numpy_dtype(self, tensor):
-        name = self.dtype_name(tensor)
-        return name if name in _NUMPY_OK else "float32"
 
     def scalar(self, tensor) -> float:
         return float(tensor.detach().astype("float32").item())

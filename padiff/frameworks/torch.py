@@ -141,8 +141,6 @@ class Adapter:
     def device_name(self, tensor) -> str:
         return str(tensor.device)
 
-    def from_numpy_like(self, array, like):
-        return torch.as_tensor(np.ascontiguousarray(array)).to(dtype=like.dtype, device=like.device)
 
     def detach_requires_grad(self, tensor):
         """A fresh leaf with the same value that records its gradient."""
