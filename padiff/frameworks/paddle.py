@@ -135,7 +135,6 @@ class Adapter:
     def device_name(self, tensor) -> str:
         return str(tensor.place)
 
-
     def detach_requires_grad(self, tensor):
         out = tensor.detach().clone()
         out.stop_gradient = not tensor.is_floating_point()
@@ -187,7 +186,6 @@ class Adapter:
             param.set_value(value.astype(self.dtype_name(param)))
         else:  # bfloat16 and friends: numpy has no such type, cast in paddle
             param.set_value(paddle.to_tensor(value).astype(param.dtype))
-
 
     def scalar(self, tensor) -> float:
         return float(tensor.detach().astype("float32").item())

@@ -141,7 +141,6 @@ class Adapter:
     def device_name(self, tensor) -> str:
         return str(tensor.device)
 
-
     def detach_requires_grad(self, tensor):
         """A fresh leaf with the same value that records its gradient."""
         return tensor.detach().clone().requires_grad_(tensor.is_floating_point())
