@@ -445,25 +445,32 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
                     lambda l: TensorRecord(ref.adapter.to_numpy(l.src_tensor), ref.adapter.dtype_name(l.src_tensor)),
                     lambda l: TensorRecord(test.adapter.to_numpy(l.dst_tensor), test.adapter.dtype_name(l.dst_tensor)),
                     opts, step, reprs)
-            result.steps.append(sr)
-            out(f"{P} Max elementwise output diff is {sr.max_output_diff}")
-            out(*console.notes_block(sr.notes))
-            first = sr.first_failure
-            if first is not None:
-                result.first = first
+            if end_step(result, sr, out, opts) is not None:
                 break
-            if opts.check_forward:
-                out(f"{P} forward stage compared.")
-            if opts.check_backward:
-                out(f"{P} backward stage compared.")
-            if sr.grads or sr.weights:
-                out(f"{P} weight and grad compared.")
     finally:
         if optimizers is None:
             for s in sides:
                 _clear_grads(s)
 
     return finish(result, out, ref, test, ref_i, opts)
+
+
+def end_step(result: AlignResult, sr: StepResult, out, opts):
+    """Add a compared step to the result and print its lines; returns its first difference
+    (the run stops there) or None. Shared with the offline compare."""
+    result.steps.append(sr)
+    out(f"{P} Max elementwise output diff is {sr.max_output_diff}")
+    out(*console.notes_block(sr.notes))
+    result.first = sr.first_failure
+    if result.first is not None:
+        return result.first
+    if opts.check_forward:
+        out(f"{P} forward stage compared.")
+    if opts.check_backward:
+        out(f"{P} backward stage compared.")
+    if sr.grads or sr.weights:
+        out(f"{P} weight and grad compared.")
+    return None
 
 
 def finish(result: AlignResult, out, ref, test, ref_i, opts) -> AlignResult:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import List
 
-from ..auto_diff import (SideRun, _compare_step, _loss_finding, _lr_findings, weight_findings,
+from ..auto_diff import (SideRun, _compare_step, _loss_finding, _lr_findings, end_step, weight_findings,
                          _Printer, finish)
 from ..compare.engine import compare_links
 from ..compare.metrics import compare_arrays, tolerance_for
@@ -75,20 +75,10 @@ def compare_dumps(path_a, path_b, options=None, **kwargs) -> AlignResult:
             sr.lr = _lr_findings([ref_d.lr(step), test_d.lr(step)], opts, step)
             sr.weights = weight_findings(links, sr.grads, lambda l: ref_d.weight_after(l.src_tensor, step),
                                          lambda l: test_d.weight_after(l.dst_tensor, step), opts, step, reprs)
-        result.steps.append(sr)
-        out(f"{P} Max elementwise output diff is {sr.max_output_diff}")
-        out(*console.notes_block(sr.notes))
-        first = sr.first_failure
+        first = end_step(result, sr, out, opts)
         if first is not None:
-            result.first = first
             _explain_by_weights(first, differing_units)
             break
-        if opts.check_forward:
-            out(f"{P} forward stage compared.")
-        if opts.check_backward:
-            out(f"{P} backward stage compared.")
-        if sr.grads or sr.weights:
-            out(f"{P} weight and grad compared.")
 
     return finish(result, out, ref, test, ref_i, opts)
 

@@ -102,6 +102,7 @@ class Recorder:
         self._calls: Dict[int, int] = {}
         self._active = False
         self._records: Dict[int, tuple] = {}
+        self._api_calls: Dict[tuple, int] = {}
         self._grad_wanted: Dict[int, tuple] = {}
         self._run_frame = None
         self._internal = (os.sep + "torch" + os.sep, os.sep + "paddle" + os.sep)
@@ -182,7 +183,8 @@ class Recorder:
         self._in_api = True  # nested calls, and padiff's own work below, are not recorded
         try:
             parent = self._stack[-1]
-            count = sum(1 for c in parent.children if c.kind == "api" and c.name == name)
+            count = self._api_calls.get((id(parent), name), 0)  # earlier calls of it in this layer call
+            self._api_calls[(id(parent), name)] = count + 1
             node = Node(index=len(self.trace.nodes), kind="api", name=name, path=parent.path,
                         layer_key=-1, parent=parent, call_count=count)
             node.enter_seq = self._seq
