@@ -17,6 +17,7 @@ import numpy as np
 
 from .compare.engine import compare_backward, compare_forward, compare_links, gradient_scale, largest_magnitude
 from .compare.metrics import TensorDiff, compare_arrays, compare_records, explained_error, tolerance_for
+from .compare.overlap import Arrivals, Background, idle_cores
 from .compare.pairing import pair_traces
 from .compare.result import AlignResult, Finding, StepResult
 from .errors import PadiffError
@@ -195,34 +196,46 @@ def _loss_of(side: Side, out, loss_fn):
 
 
 def run_side(side: Side, call, *, opts: Options, loss_fn, need_loss: bool, param_paths, keep_inputs: bool,
-             layer_map=None, spill=None) -> SideRun:
-    """Record one model's forward (and backward); read its parameter gradients."""
+             layer_map=None, spill=None, after_forward=None, arrivals=None) -> SideRun:
+    """Record one model's forward (and backward); read its parameter gradients.
+
+    ``after_forward(run)`` is called once the forward is recorded, before the loss and the
+    backward; ``arrivals`` (:class:`~padiff.compare.overlap.Arrivals`) is told of every
+    gradient as it is recorded and, at the end, that the run is finished (or failed)."""
     ad = side.adapter
     stop = layer_map.stops if layer_map is not None else None
     rec = Recorder(ad, side.model, side.name, grads=opts.check_backward, keep_inputs=keep_inputs, stop_at=stop,
-                   api=opts.api_check, extra_api=opts.thirdparty_api + registered_apis(), spill=spill)
-    with rec:
-        out = rec.run(call, side.label)
-        if need_loss:
-            loss = _loss_of(side, out, loss_fn)
-            rec.trace.loss = TensorRecord(ad.to_numpy(loss), ad.dtype_name(loss), ad.shape(loss))
-            if opts.check_backward:
-                if not ad.requires_grad(loss):
-                    raise PadiffError(
-                        f"The {side.label} model's loss does not require a gradient (all parameters frozen, or the "
-                        "model ran under no_grad?): padiff cannot compare the backward. Use diff_phase='forward'."
-                    )
-                try:
-                    ad.backward(loss)
-                except Exception as exc:
-                    raise PadiffError(f"The {side.label} model's backward raised {type(exc).__name__}: {exc}") from exc
-    grads = {}
-    if opts.check_backward:
-        for path, tensor in param_paths:
-            g = ad.param_grad(tensor)
-            if g is not None:
-                grads[path] = TensorRecord(ad.to_numpy(g), ad.dtype_name(g), ad.shape(g))
-    return SideRun(rec.trace, grads, rec.walk)
+                   api=opts.api_check, extra_api=opts.thirdparty_api + registered_apis(), spill=spill,
+                   arrivals=arrivals)
+    run = SideRun(rec.trace, {}, rec.walk)
+    try:
+        with rec:
+            out = rec.run(call, side.label)
+            if after_forward is not None:
+                after_forward(run)
+            if need_loss:
+                loss = _loss_of(side, out, loss_fn)
+                rec.trace.loss = TensorRecord(ad.to_numpy(loss), ad.dtype_name(loss), ad.shape(loss))
+                if opts.check_backward:
+                    if not ad.requires_grad(loss):
+                        raise PadiffError(
+                            f"The {side.label} model's loss does not require a gradient (all parameters frozen, or "
+                            "the model ran under no_grad?): padiff cannot compare the backward. Use "
+                            "diff_phase='forward'.")
+                    try:
+                        ad.backward(loss)
+                    except Exception as exc:
+                        raise PadiffError(
+                            f"The {side.label} model's backward raised {type(exc).__name__}: {exc}") from exc
+        if opts.check_backward:
+            for path, tensor in param_paths:
+                g = ad.param_grad(tensor)
+                if g is not None:
+                    run.grads[path] = TensorRecord(ad.to_numpy(g), ad.dtype_name(g), ad.shape(g))
+    finally:
+        if arrivals is not None:
+            arrivals.finish()
+    return run
 
 
 _REGISTERED_APIS: List[str] = []
@@ -413,6 +426,11 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
     started = time.monotonic()
     param_paths = {ref_i: [(l.src_path, l.src_tensor) for l in links],
                    1 - ref_i: [(l.dst_path, l.dst_tensor) for l in links]}
+    # Compare while the tested model runs its backward when its framework leaves a core idle
+    # (single-step mode replays the tested model after its run, so it compares afterwards).
+    threaded = opts.overlap if opts.overlap is not None else (
+        not opts.single_step and idle_cores(test.adapter.compute_threads(test.model)) > 0)
+    threaded = threaded and not opts.single_step
     try:
         for step in range(opts.steps):
             out(console.step_header(step) + (_eta(step, opts.steps, started) if opts.steps > 1 else ""))
@@ -420,18 +438,30 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
                 _clear_grads(s)
             budget = None if opts.memory_budget_mb is None else int(opts.memory_budget_mb * 2 ** 20)
             with Spill(budget) as ref_spill, Spill(budget) as test_spill:
-                runs = {}
-                for idx, spill in ((ref_i, ref_spill), (1 - ref_i, test_spill)):
-                    runs[idx] = run_side(sides[idx], calls[idx], opts=opts,
-                                         loss_fn=loss_fns[idx] if loss_fns else None, need_loss=need_loss,
-                                         param_paths=param_paths[idx], keep_inputs=opts.single_step and idx == ref_i,
-                                         layer_map=layer_map, spill=spill)
-                ref_run, test_run = runs[ref_i], runs[1 - ref_i]
-                sr = _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_map)
+                run_args = dict(opts=opts, need_loss=need_loss, layer_map=layer_map)
+                ref_run = run_side(ref, calls[ref_i], loss_fn=loss_fns[ref_i] if loss_fns else None,
+                                   param_paths=param_paths[ref_i], keep_inputs=opts.single_step, spill=ref_spill,
+                                   **run_args)
+                compared = []  # the comparison, started once the tested model's forward is recorded
+                arrivals = Arrivals() if threaded else None
+
+                def start(test_run):
+                    compared.append(Background(
+                        lambda: _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_map,
+                                              ready=arrivals.ready if arrivals else None), threaded))
+
+                try:
+                    test_run = run_side(test, calls[1 - ref_i], loss_fn=loss_fns[1 - ref_i] if loss_fns else None,
+                                        param_paths=param_paths[1 - ref_i], keep_inputs=False, spill=test_spill,
+                                        after_forward=start, arrivals=arrivals, **run_args)
+                    sr = compared[0].result()
+                finally:
+                    for job in compared:
+                        job.abandon()  # a failed run: wait for the worker before leaving
                 sr.loss = _loss_finding(ref_run, test_run, loss_fns, opts, step)
                 ref_run.trace.drop_arrays()  # every figure is in the findings now
                 test_run.trace.drop_arrays()
-                del ref_run, test_run, runs
+                del ref_run, test_run, compared
             release_freed_memory()
             if optimizers is not None:
                 lrs = [_learning_rates(sides[i], optimizers[i]) for i in (ref_i, 1 - ref_i)]
@@ -516,7 +546,10 @@ def weight_findings(links, grad_findings, read_ref, read_test, opts, step, reprs
     return findings
 
 
-def _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_map) -> StepResult:
+def _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_map, ready=None) -> StepResult:
+    """Pair and compare one step. ``ready(node, kind)`` (see :class:`~padiff.compare.overlap.Arrivals`)
+    waits for gradients of the tested run that may still be coming: the comparison can then
+    start as soon as the tested model's forward is recorded."""
     sr = StepResult(step, ref_trace=ref_run.trace, test_trace=test_run.trace)
     mapped, anchors, ignored = {}, {}, set()
     if layer_map is not None:
@@ -550,7 +583,7 @@ def _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_
         if opts.check_backward:
             grad_scale = gradient_scale(ref_run.trace.backward_events())
             sr.backward = compare_backward(pairing, ref_run.trace.backward_events(), opts, step, memo,
-                                           context=grad_scale)
+                                           context=grad_scale, ready=ready)
         sr.forward, sr.backward, moved = _api_within_failing_layers(sr.forward, sr.backward)
         if moved:
             sr.notes.append(
@@ -558,6 +591,8 @@ def _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_
                 f"`{moved[0].test_path}`): the two implementations order those calls differently, so they are "
                 "not counted.")
     if opts.check_backward and not opts.single_step:
+        if ready is not None:
+            ready()  # the tested run's parameter gradients are read after its backward
         sr.grads = compare_links(links, lambda l: ref_run.grads.get(l.src_path), lambda l: test_run.grads.get(l.dst_path),
                                  "grad", "grad", opts, step, reprs, context=grad_scale,
                                  explained=explained_error(f.diff for f in sr.backward))

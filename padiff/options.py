@@ -68,6 +68,9 @@ class Options:
     # Records of one model's run kept in memory; beyond this they go to a temporary file and are
     # read back memory-mapped (issue 9's spill). None: no limit.
     memory_budget_mb: Optional[float] = 256.0
+    # Compare in a worker thread while the tested model runs its backward: None decides by
+    # whether the framework leaves a CPU core idle (paddle's CPU kernels, any GPU run).
+    overlap: Optional[bool] = None
     use_loss: bool = False
     use_opt: bool = False
     calibration: Optional[object] = None  # padiff.calibrate(...): per-layer measured noise
@@ -173,6 +176,8 @@ def build_options(
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0):
             raise PadiffError(f"Option memory_budget_mb must be a number of megabytes >= 0 or None, got {budget!r}.")
         values["memory_budget_mb"] = budget
+    if merged.get("overlap") is not None:
+        values["overlap"] = bool(merged["overlap"])
     if "tree_inline_lines" in merged:
         values["tree_inline_lines"] = int(merged["tree_inline_lines"])
     if "thirdparty_api" in merged:

@@ -113,7 +113,9 @@ def compare_forward(pairing: Pairing, ref_order: List[Node], options, step: int,
 
 
 def compare_backward(pairing: Pairing, ref_events: List[Tuple[Node, str]], options, step: int,
-                     memo=None, context: float = None) -> List[Finding]:
+                     memo=None, context: float = None, ready=None) -> List[Finding]:
+    """The gradients of paired calls in the order the reference's backward reached them.
+    ``ready(test_node, kind)``, when given, waits until the tested node's gradients are in."""
     findings = []
     context = gradient_scale(ref_events) if context is None else context
     explained = None  # the difference near-tie flips tolerated so far account for (see metrics)
@@ -121,6 +123,8 @@ def compare_backward(pairing: Pairing, ref_events: List[Tuple[Node, str]], optio
         b = pairing.partner.get(id(a))
         if b is None:
             continue
+        if ready is not None:
+            ready(b, kind)
         ga, gb = (a.grad_out, b.grad_out) if kind == "exit" else (a.grad_in, b.grad_in)
         what = "output gradient" if kind == "exit" else "input gradient"
         if not ga and not gb:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import numpy as np
@@ -56,6 +57,12 @@ class Adapter:
 
     def all_buffers(self, layer):
         return list(layer.named_buffers())
+
+    def compute_threads(self, model) -> int:
+        """CPU threads the model's kernels keep busy: 0 on a GPU, else torch's intra-op threads."""
+        if any(p.device.type != "cpu" for p in model.parameters()):
+            return 0
+        return torch.get_num_threads()
 
     def is_training(self, layer) -> bool:
         return layer.training
@@ -122,6 +129,10 @@ class Adapter:
         tell calls apart)."""
         t = tensor.detach()
         n = t.numel()
+        if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and t.is_contiguous():
+            flat = t.view(-1).numpy()  # numpy on the same memory: no framework op to dispatch
+            flat = flat[:: n // 4096] if n > 65536 else flat
+            return math.sqrt(float(np.dot(flat, flat)))
         if n > 65536 and t.is_contiguous():
             t = t.view(-1)[:: n // 4096]  # a strided sample tells computations apart as well
         return float(torch.linalg.vector_norm(t if t.dtype in (torch.float32, torch.float64) else t.float()))

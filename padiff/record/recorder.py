@@ -84,7 +84,8 @@ class Recorder:
     """
 
     def __init__(self, adapter, model, root_name: str, *, grads: bool, keep_inputs: bool = False,
-                 stop_at: Callable = None, api: bool = False, extra_api: Sequence[str] = (), spill=None):
+                 stop_at: Callable = None, api: bool = False, extra_api: Sequence[str] = (), spill=None,
+                 arrivals=None):
         self.adapter = adapter
         self.model = model
         self.grads = grads
@@ -94,6 +95,7 @@ class Recorder:
         self._patcher = None
         self._in_api = False
         self._keep = spill.keep if spill is not None else (lambda array: array)
+        self._arrived = arrivals.arrived if arrivals is not None else None  # told after each gradient
         self.walk = LayerWalk(adapter, model, root_name, stop_at)
         self.trace = Trace(adapter.name, root_name)
         self._handles: List = []
@@ -208,6 +210,7 @@ class Recorder:
         for id_path, leaf in flatten(output, ad.is_tensor):
             node.outputs.append((id_path, self._record(leaf)))
             if self.grads and ad.is_tensor(leaf) and ad.requires_grad(leaf):
+                node.output_grad_ids.append(id_path)
                 self._want_grad(leaf, node.grad_out, id_path)
 
     def _skeleton(self, value):
@@ -259,6 +262,8 @@ class Recorder:
                 rec = TensorRecord(self._keep(ad.to_numpy(grad)), ad.dtype_name(grad), ad.shape(grad))
                 for st, k in targets:
                     st[k] = rec
+                if self._arrived is not None:
+                    self._arrived()
 
         try:
             self._grad_wanted[ident] = (weakref.ref(tensor), targets)

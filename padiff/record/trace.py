@@ -62,6 +62,7 @@ class Node:
     grad_out: Dict[str, TensorRecord] = field(default_factory=dict)
     grad_in: Dict[str, TensorRecord] = field(default_factory=dict)
     input_ids: List[str] = field(default_factory=list)  # id paths of the inputs that record a gradient
+    output_grad_ids: List[str] = field(default_factory=list)  # id paths of the outputs that record one
     in_prints: Optional[Tuple[float, ...]] = None  # framework calls: norms of the floating inputs
     frames: Tuple[SourceFrame, ...] = ()  # user's frames, outermost first, ending at the call
     call_count: int = 0  # how many times this layer was called before this call
