@@ -1,0 +1,109 @@
+"""Comparing while the tested model runs (``overlap``): the same findings as comparing after
+it, and failures on either thread end the run cleanly."""
+
+import threading
+
+import numpy as np
+import paddle
+import pytest
+import torch
+
+from padiff import PadiffError, auto_diff
+from support import grads_are_clear, hook_count, make_net, net_input
+
+import models
+
+
+def figures(result):
+    return [(f.stage, f.ref_path, f.test_path, f.what, f.diff.max_abs, f.diff.rel_l2, f.diff.max_rel, f.passed)
+            for f in result.steps[0].all_findings()]
+
+
+def compare_threads():
+    return [t for t in threading.enumerate() if t.name == "padiff-compare"]
+
+
+@pytest.mark.parametrize("bug", [None, "activation", "backward"])
+@pytest.mark.parametrize("pair", [("paddle", "torch"), ("torch", "torch")], ids=["paddle-torch", "torch-torch"])
+def test_overlap_gives_the_findings_of_comparing_afterwards(pair, bug):
+    runs = {}
+    for overlap in (False, True):
+        torch.manual_seed(0), paddle.seed(0)
+        same = pair[0] == pair[1]  # across frameworks the port (paddle) has the bug, else the second
+        a, b = make_net(pair[0], None if same else bug), make_net(pair[1], bug if same else None)
+        a.eval(), b.eval()
+        runs[overlap] = auto_diff(a, b, (net_input(pair[0]), net_input(pair[1])), options={"overlap": overlap})
+    assert bool(runs[True]) == bool(runs[False]) == (bug is None)
+    assert figures(runs[True]) == figures(runs[False])
+    assert len(figures(runs[True])) > 20
+    if bug is not None:
+        assert runs[True].first.ref_path == runs[False].first.ref_path
+    assert compare_threads() == []
+
+
+def test_overlap_on_a_transformer_with_framework_calls_and_a_spill(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    x = np.random.default_rng(0).standard_normal((4, 32, 64)).astype("float32")
+    runs = {}
+    for overlap in (False, True):
+        torch.manual_seed(0), paddle.seed(0)
+        paddle_model, torch_model = models.encoder_pair(bug="gelu_tanh", dim=64, hidden=256, depth=2)
+        runs[overlap] = auto_diff(paddle_model, torch_model, ({"x": paddle.to_tensor(x)}, {"x": torch.tensor(x)}),
+                                  options={"overlap": overlap, "memory_budget_mb": 0.5})
+    assert not runs[True] and not runs[False]
+    assert runs[True].first.ref_path == runs[False].first.ref_path
+    assert "gelu" in runs[True].first.test_path
+    assert figures(runs[True]) == figures(runs[False])
+    assert [p for p in tmp_path.iterdir() if p.name.startswith("padiff-spill-")] == []  # spill files removed
+
+
+def test_a_backward_that_raises_ends_the_worker_and_removes_hooks():
+    class Exploding(paddle.autograd.PyLayer):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 1.0
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError("backward kernel missing")
+
+    paddle_model, torch_model = make_net("paddle"), make_net("torch")
+    paddle_model.norm.forward = lambda x, _f=paddle_model.norm.forward: Exploding.apply(_f(x))
+    with pytest.raises(PadiffError, match="(?s)The paddle model.s backward raised .*backward kernel missing"):
+        auto_diff(paddle_model, torch_model, (net_input("paddle"), net_input("torch")), options={"overlap": True})
+    assert compare_threads() == []
+    assert hook_count(paddle_model) == 0 and hook_count(torch_model) == 0
+    assert grads_are_clear(paddle_model) and grads_are_clear(torch_model)
+
+
+def test_a_pairing_error_in_the_worker_reaches_the_caller():
+    paddle_model, torch_model = make_net("paddle", extra=True), make_net("torch")
+    with pytest.raises(PadiffError, match="The two models are built differently") as err:
+        auto_diff(paddle_model, torch_model, (net_input("paddle"), net_input("torch")), auto_weights=False,
+                  options={"overlap": True})
+    assert "paddle: `PaddleNet` calls 7:" in str(err.value)
+    assert compare_threads() == []
+    assert hook_count(paddle_model) == 0 and hook_count(torch_model) == 0
+
+
+def test_overlap_is_off_in_single_step_mode(monkeypatch):
+    from padiff.compare import overlap as overlap_module
+
+    started = []
+    real = overlap_module.Background.__init__
+
+    def spy(self, fn, threaded):
+        started.append(threaded)
+        real(self, fn, threaded)
+
+    monkeypatch.setattr(overlap_module.Background, "__init__", spy)
+    paddle_model, torch_model = make_net("paddle"), make_net("torch")
+    result = auto_diff(paddle_model, torch_model, (net_input("paddle"), net_input("torch")),
+                       options={"overlap": True, "single_step": True})
+    assert result and started == [False]
+    started.clear()
+    auto_diff(make_net("paddle"), make_net("torch"), (net_input("paddle"), net_input("torch")),
+              options={"overlap": True})
+    assert started == [True]
