@@ -442,6 +442,7 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
                 ref_run = run_side(ref, calls[ref_i], loss_fn=loss_fns[ref_i] if loss_fns else None,
                                    param_paths=param_paths[ref_i], keep_inputs=opts.single_step, spill=ref_spill,
                                    **run_args)
+                release_freed_memory()  # the reference's activations, before the tested model's run
                 compared = []  # the comparison, started once the tested model's forward is recorded
                 arrivals = Arrivals() if threaded else None
 

@@ -443,7 +443,8 @@ def test_records_beyond_the_memory_budget_spill_to_disk_with_the_same_findings(t
     mapped = []
     keep = spill_module.Spill.keep
     monkeypatch.setattr(spill_module.Spill, "keep",
-                        lambda self, array: mapped.append(1) or keep(self, array) if self.budget == 0 else keep(self, array))
+                        lambda self, array, **kw: mapped.append(1) or keep(self, array, **kw) if self.budget == 0
+                        else keep(self, array, **kw))
     x = np.random.default_rng(0).standard_normal((4, 64, 64)).astype("float32")  # 64 KiB activations
     runs = {}
     for budget in (None, 0):

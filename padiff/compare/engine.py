@@ -92,9 +92,15 @@ def _all_zero(rec: TensorRecord) -> bool:
 
 
 def largest_magnitude(records) -> float:
-    """The largest magnitude among floating tensor records (0.0 when there is none)."""
-    return max((float(abs(r.array).max()) for r in records
-                if r is not None and r.array is not None and r.array.size and r.array.dtype.kind == "f"), default=0.0)
+    """The largest magnitude among floating tensor records (0.0 when there is none). Spilled
+    records' pages are handed back after reading: this reads every gradient of a run."""
+    found = 0.0
+    for r in records:
+        arr = r.array if r is not None else None
+        if arr is not None and arr.size and arr.dtype.kind == "f":
+            found = max(found, float(arr.max()), -float(arr.min()))
+            release(arr)
+    return found
 
 
 def gradient_scale(ref_events: List[Tuple[Node, str]]) -> float:

@@ -114,7 +114,7 @@ class Adapter:
         return paddle.Tensor, "paddle.Tensor"
 
     # --- tensors -------------------------------------------------------------------------
-    def _host_view(self, t):
+    def host_view(self, t):
         """A zero-copy numpy view of a CPU tensor through DLPack; None where there is none (a GPU
         tensor, bfloat16). Copying through it is about ten times faster than ``.numpy()``."""
         if not t.place.is_cpu_place() or self.dtype_name(t) not in _NUMPY_OK:
@@ -126,7 +126,7 @@ class Adapter:
 
     def to_numpy(self, tensor) -> np.ndarray:
         t = tensor.detach()
-        view = self._host_view(t)
+        view = self.host_view(t)
         if view is not None:
             return view.copy()
         if self.dtype_name(t) not in _NUMPY_OK:
@@ -142,7 +142,7 @@ class Adapter:
         tell calls apart)."""
         t = tensor.detach()
         n = int(t.size)
-        view = self._host_view(t)
+        view = self.host_view(t)
         if view is not None:  # numpy on the same memory: no framework op to dispatch
             flat = view.reshape(-1)
             return _norm(flat[:: n // 4096] if n > 65536 else flat)

@@ -110,6 +110,13 @@ class Adapter:
         return torch.Tensor, "torch.Tensor"
 
     # --- tensors -------------------------------------------------------------------------
+    def host_view(self, t):
+        """A zero-copy numpy view of a CPU tensor; None where there is none (a GPU tensor,
+        bfloat16). Whoever keeps it must copy it: an in-place op would change it."""
+        if t.device.type != "cpu" or t.dtype not in _NUMPY_OK:
+            return None
+        return t.detach().numpy()
+
     def to_numpy(self, tensor) -> np.ndarray:
         """A copy, never a view: a CPU tensor's .numpy() shares its memory, and a later in-place
         op (ReLU(inplace=True), x += y) would change what was recorded."""

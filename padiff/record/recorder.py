@@ -94,7 +94,7 @@ class Recorder:
         self.extra_api = tuple(extra_api)
         self._patcher = None
         self._in_api = False
-        self._keep = spill.keep if spill is not None else (lambda array: array)
+        self._keep = spill.keep if spill is not None else (lambda array, view=False: array.copy() if view else array)
         self._arrived = arrivals.arrived if arrivals is not None else None  # told after each gradient
         self.walk = LayerWalk(adapter, model, root_name, stop_at)
         self.trace = Trace(adapter.name, root_name)
@@ -238,12 +238,20 @@ class Recorder:
         hit = self._records.get(key)
         if hit is not None and hit[0]() is value and hit[1] == version:
             return hit[2]
-        rec = TensorRecord(self._keep(ad.to_numpy(value)), ad.dtype_name(value), ad.shape(value))
+        rec = TensorRecord(self._copy(value), ad.dtype_name(value), ad.shape(value))
         try:
             self._records[key] = (weakref.ref(value), version, rec)
         except TypeError:  # a tensor type without weak references: do not share
             pass
         return rec
+
+    def _copy(self, tensor):
+        """The kept copy of a tensor's value: taken straight from its memory where the adapter
+        can show it (into memory, or written to the spill file), else through ``to_numpy``."""
+        view = self.adapter.host_view(tensor)
+        if view is not None:
+            return self._keep(view, view=True)
+        return self._keep(self.adapter.to_numpy(tensor))
 
     def _want_grad(self, tensor, store: dict, key: str) -> None:
         """Record ``tensor``'s gradient into ``store[key]``: one hook per tensor value, however
@@ -259,7 +267,7 @@ class Recorder:
 
         def on_grad(grad):
             if grad is not None:
-                rec = TensorRecord(self._keep(ad.to_numpy(grad)), ad.dtype_name(grad), ad.shape(grad))
+                rec = TensorRecord(self._copy(grad), ad.dtype_name(grad), ad.shape(grad))
                 for st, k in targets:
                     st[k] = rec
                 if self._arrived is not None:

@@ -35,11 +35,13 @@ class Spill:
             self.folder = None
         return False
 
-    def keep(self, array: np.ndarray) -> np.ndarray:
-        """The array itself while within budget, else a read-only memory map of a copy on disk."""
+    def keep(self, array: np.ndarray, view: bool = False) -> np.ndarray:
+        """The array itself while within budget, else a read-only memory map of a copy on disk.
+        ``view``: the array shares a live tensor's memory, so what is kept is a copy (made in
+        memory within budget, else by writing it to the file: one copy, not two)."""
         if self.held + array.nbytes <= self.budget or array.nbytes < (1 << 16):
             self.held += array.nbytes
-            return array
+            return array.copy() if view else array
         if self._file is None:
             self.folder = tempfile.mkdtemp(prefix="padiff-spill-")
             self._file = open(os.path.join(self.folder, "records.bin"), "w+b")
