@@ -8,9 +8,14 @@ For each model pair it prints:
          by a bare forward + backward of both models, best of --repeat runs each;
   memory peak resident memory of the first run above the level once the models are built,
          divided by the same for a bare run (each in a fresh subprocess);
-  growth resident memory after 5 repeated auto_diff calls minus after the first (MB), beside
-         the same for 5 bare runs (the frameworks' allocators drift by a few MB on their own).
+  growth resident memory after 10 repeated auto_diff calls minus after the first (MB), beside
+         the same for 10 bare runs (the frameworks' allocators drift by a few MB on their own);
+  overlap whether auto_diff compared in a worker thread while the tested model ran (it does
+         when the tested model's framework leaves a CPU core idle: paddle on the CPU, any GPU).
 Targets (issue 9): time <= 1.15x, memory <= 1.3x, no growth.
+
+    python bench/bench_speed.py --budgets 0,64,256,-1 --models encoder6
+prints the same for several memory_budget_mb values (-1: None, no spill).
 """
 
 from __future__ import annotations
@@ -132,7 +137,7 @@ def child(kind: str, mode: str, quick: bool) -> None:
     step = padiff_step if mode == "padiff" else bare_step
     gc.collect()
     first = rss_mb()
-    for _ in range(4):
+    for _ in range(9):
         step(paddle_model, torch_model, inputs)
     gc.collect()
     growth = rss_mb() - first
@@ -160,32 +165,45 @@ def main(argv=None) -> int:
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--memory-budget", type=float, default=None,
                     help="auto_diff's memory_budget_mb (records beyond it spill to disk); default: padiff's own")
+    ap.add_argument("--budgets", default=None,
+                    help="comma-separated memory_budget_mb values to compare (-1: None); default: padiff's own")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.memory_budget is not None:
-        OPTIONS["memory_budget_mb"] = None if args.memory_budget < 0 else args.memory_budget
     if args.child:
+        if args.memory_budget is not None:
+            OPTIONS["memory_budget_mb"] = None if args.memory_budget < 0 else args.memory_budget
         child(args.child[0], args.child[1], args.quick)
         return 0
-    print(f"{'model':<10} {'bare s':>8} {'padiff s':>9} {'time':>7} {'target':>7}   {'mem':>6} {'target':>7}   "
-          f"{'growth MB':>20}")
+    budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else [args.memory_budget]
+    print(f"{'model':<10} {'budget':>7} {'overlap':>7} {'bare s':>8} {'padiff s':>9} {'time':>7} {'target':>7}   "
+          f"{'mem':>6} {'target':>7}   {'growth MB':>20}")
     for kind in args.models.split(","):
         paddle_model, torch_model, inputs = build(kind, args.quick)
-        bare_step(paddle_model, torch_model, inputs)
-        padiff_step(paddle_model, torch_model, inputs)
-        bare = best_time(lambda: bare_step(paddle_model, torch_model, inputs), args.repeat)
-        full = best_time(lambda: padiff_step(paddle_model, torch_model, inputs), args.repeat)
-        mem = "-"
-        growth = "-"
-        if not args.no_memory:
-            m = measure_memory(kind, args.quick, args.memory_budget)
-            mem = f"{m['padiff']['peak'] / max(m['bare']['peak'], 1e-6):.2f}x"
-            growth = f"{m['padiff']['growth']:+.1f} (bare {m['bare']['growth']:+.1f})"
-        print(f"{kind:<10} {bare:8.3f} {full:9.3f} {full / bare:6.2f}x {'1.15x':>7}   {mem:>6} {'1.30x':>7}   "
-              f"{growth:>20}", flush=True)
+        for budget in budgets:
+            OPTIONS.clear()
+            if budget is not None:
+                OPTIONS["memory_budget_mb"] = None if budget < 0 else budget
+            bare_step(paddle_model, torch_model, inputs)
+            overlap = overlapped(padiff_step(paddle_model, torch_model, inputs))
+            bare = best_time(lambda: bare_step(paddle_model, torch_model, inputs), args.repeat)
+            full = best_time(lambda: padiff_step(paddle_model, torch_model, inputs), args.repeat)
+            mem = "-"
+            growth = "-"
+            if not args.no_memory:
+                m = measure_memory(kind, args.quick, budget)
+                mem = f"{m['padiff']['peak'] / max(m['bare']['peak'], 1e-6):.2f}x"
+                growth = f"{m['padiff']['growth']:+.1f} (bare {m['bare']['growth']:+.1f})"
+            shown = "default" if budget is None else "None" if budget < 0 else f"{budget:g}"
+            print(f"{kind:<10} {shown:>7} {overlap:>7} {bare:8.3f} {full:9.3f} {full / bare:6.2f}x {'1.15x':>7}   "
+                  f"{mem:>6} {'1.30x':>7}   {growth:>20}", flush=True)
         del paddle_model, torch_model, inputs
         gc.collect()
     return 0
+
+
+def overlapped(result) -> str:
+    """Whether that auto_diff compared while the tested model ran (as it decided by default)."""
+    return "yes" if result.overlapped else "no"
 
 
 if __name__ == "__main__":

@@ -431,6 +431,7 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
     threaded = opts.overlap if opts.overlap is not None else (
         not opts.single_step and idle_cores(test.adapter.compute_threads(test.model)) > 0)
     threaded = threaded and not opts.single_step
+    result.overlapped = threaded
     try:
         for step in range(opts.steps):
             out(console.step_header(step) + (_eta(step, opts.steps, started) if opts.steps > 1 else ""))

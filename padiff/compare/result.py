@@ -89,6 +89,7 @@ class AlignResult:
     log_files: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     report: str = ""  # the text printed to the console
+    overlapped: bool = False  # compared in a worker thread while the tested model ran
 
     def __bool__(self) -> bool:
         return self.passed
