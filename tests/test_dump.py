@@ -1,11 +1,13 @@
 """Offline dumps: padiff.dump in one process, compare_dumps in another, on real torch and paddle."""
 
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import paddle
@@ -326,3 +328,133 @@ def test_damaged_or_newer_dumps_are_refused(tmp_path):
     with pytest.raises(PadiffError, match=r"The padiff dump `.*d` is damaged: 1 array file\(s\) are missing \(first: "
                                           r"`steps/0/n0_out0.npy`\)"):
         load_dump(tmp_path / "d")
+
+
+# --- writing: each array as it is recorded, by the model's thread or a worker ------------------------
+
+def _writer():
+    return sys.modules["padiff.dump.writer"]  # `padiff.dump` is the function
+
+
+def _files(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+def _same_dumps(a, b):
+    assert _files(a) == _files(b)
+    for f in _files(a):
+        if f != "manifest.json":
+            assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
+    for m in (ma, mb):
+        m.pop("created")
+        m["options"].pop("overlap")
+        m["shown"].pop("overlap", None)
+    assert ma == mb
+
+
+@pytest.mark.parametrize("framework", ["torch", "paddle"])
+def test_worker_and_model_thread_write_the_same_dump(tmp_path, framework, monkeypatch):
+    monkeypatch.setattr(_writer(), "RING", 4096)  # a small ring: it wraps, fills, and the model's thread writes too
+    model = make_net(framework)
+    opt = (torch.optim.SGD(model.parameters(), lr=0.1) if framework == "torch" else
+           paddle.optimizer.SGD(0.1, parameters=model.parameters()))
+    state = {k: v.detach().numpy().copy() if framework == "torch" else v.numpy() for k, v in model.state_dict().items()}
+    for overlap in (False, True):
+        if framework == "torch":
+            model.load_state_dict({k: torch.tensor(v) for k, v in state.items()})
+        else:
+            model.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
+        dump(model, net_input(framework), tmp_path / f"d{overlap:d}", loss_fn=lambda y: (y * y).mean(), optimizer=opt,
+             steps=2, overlap=overlap)
+    _same_dumps(tmp_path / "d0", tmp_path / "d1")
+    assert not [t for t in threading.enumerate() if t.name == "padiff-dump-writer"]
+    d = tmp_path / "d1"
+    assert not [f for f in _files(d) if os.path.basename(f).startswith("r")]  # every temporary name renamed
+    for f in _files(d):
+        if f.endswith(".npy"):  # numpy.save's bytes, C order, the tensor's own shape
+            arr = np.load(d / f)
+            buf = io.BytesIO()
+            np.save(buf, arr)
+            assert buf.getvalue() == (d / f).read_bytes(), f
+    assert np.load(d / "steps" / "0" / "loss.npy").shape == ()
+    manifest = json.loads((d / "manifest.json").read_text())
+    root = manifest["steps"][0]["nodes"][0]["outputs"][0][1]
+    first = load_dump(d).trace(0).root.outputs[0][1].array
+    assert root["shape"] == [6, 4] and first.shape == (6, 4)
+    assert compare_dumps(tmp_path / "d0", d, atol=0, rtol=0)
+
+
+def test_dump_writes_arrays_while_the_model_runs_and_holds_none(tmp_path, monkeypatch):
+    kept, seen = [], []
+    keep = _writer()._ArrayFiles.keep
+
+    def spy(self, array, view=False):
+        out = keep(self, array, view)
+        kept.append((out, array.dtype, array.shape))
+        return out
+
+    monkeypatch.setattr(_writer()._ArrayFiles, "keep", spy)
+    model = make_net("torch")
+    partial = str(tmp_path / "d") + ".partial-" + str(os.getpid())
+    model.linear2.register_forward_hook(lambda *a: seen.append(_files(os.path.join(partial, "steps", "0"))))
+    dump(model, net_input("torch"), tmp_path / "d", overlap=False)
+    # by the last layer's call, the earlier calls' outputs were already in their files
+    assert len(seen) == 1 and len(seen[0]) >= 5 and all(f.startswith("r") for f in seen[0])
+    # what the run held for each array: its dtype and shape, no memory of its own
+    assert kept and all(out.dtype == dt and out.shape == sh and not out.flags.writeable and not any(out.strides)
+                        for out, dt, sh in kept)
+    out = load_dump(tmp_path / "d").trace(0).root.outputs[0][1].array
+    np.testing.assert_array_equal(out, model(**net_input("torch")).detach().numpy())
+    assert hook_count(model) == 1 and grads_are_clear(model)  # the test's own hook is left
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+@pytest.mark.parametrize("after", [3, 20])  # in the forward, in the backward
+def test_a_failed_write_is_reported_and_leaves_nothing(tmp_path, monkeypatch, overlap, after):
+    import errno
+
+    calls = [0]
+    real = _writer()._write_file
+
+    def full_disk(full, bufs):
+        calls[0] += 1
+        if calls[0] > after:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(full, bufs)
+
+    monkeypatch.setattr(_writer(), "_write_file", full_disk)
+    model = make_net("paddle")
+    with pytest.raises(PadiffError, match=r"^Writing the dump `.*d` failed: No space left on device "
+                                          r"\(disk full\?\)\.$"):
+        dump(model, net_input("paddle"), tmp_path / "d", overlap=overlap)
+    assert os.listdir(tmp_path) == []
+    assert hook_count(model) == 0 and grads_are_clear(model)
+    assert not [t for t in threading.enumerate() if t.name == "padiff-dump-writer"]
+
+
+def test_write_npy_is_numpy_save(tmp_path):
+    base = np.arange(24, dtype=np.float32).reshape(4, 6)
+    arrays = [base, base.T, base[:, ::2], np.float32(3.5).reshape(()), np.zeros((0, 3), np.int64),
+              np.array([True, False]), base.astype(np.float16), (base + 1j).astype(np.complex64),
+              base.astype(">f8")]
+    w = _writer()
+    for k, a in enumerate(arrays):
+        w.write_npy(str(tmp_path / f"{k}.npy"), a)
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(a) if a.ndim else a)
+        assert (tmp_path / f"{k}.npy").read_bytes() == buf.getvalue(), k
+
+
+def test_compare_takes_opened_dumps_and_pairs_weights_on_shapes(tmp_path):
+    t, p = _pair()
+    dump(t, net_input("torch"), tmp_path / "t")
+    dump(p, net_input("paddle"), tmp_path / "p")
+    by_path = compare_dumps(tmp_path / "p", tmp_path / "t")
+    opened = compare_dumps(load_dump(tmp_path / "p"), load_dump(tmp_path / "t"))
+    assert by_path and opened and _tail(by_path.report, "[AutoDiff] =====") == _tail(opened.report, "[AutoDiff] =====")
+    values = sys.modules["padiff.dump.compare"]._shape_values(load_dump(tmp_path / "t"))
+    shared = {id(v.base) for v in values.values()}
+    largest = max(v.nbytes for v in values.values())
+    assert len(shared) == 1 and next(iter(values.values())).base.nbytes == largest  # one buffer, the largest tensor
+    assert all(not v.flags.writeable and v.T.flags.c_contiguous for v in values.values())

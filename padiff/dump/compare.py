@@ -7,7 +7,9 @@ only where the data comes from differs (dumps instead of live models).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import List
+from typing import Dict, List
+
+import numpy as np
 
 from ..auto_diff import (SideRun, _compare_step, _loss_finding, _lr_findings, end_step, weight_findings,
                          _Printer, finish)
@@ -30,13 +32,14 @@ _ALIASES = {"auto_init": "auto_weights", "auto_weight": "auto_weights"}
 def compare_dumps(path_a, path_b, options=None, **kwargs) -> AlignResult:
     """Compare two dumps made by ``padiff.dump`` exactly as ``auto_diff`` compares two live
     models, and print the same report; returns an :class:`AlignResult` (true when aligned).
+    ``path_a``/``path_b`` are dump folders, or dumps already opened with ``load_dump``.
 
     The torch dump is the reference when the frameworks differ, else the first. Options are
     the comparison's (``atol``, ``rtol``, ``compare_mode``, ``diff_phase``, ``log_dir``,
     ``layer_tolerances``, ...); what was recorded (steps, gradients, framework calls) comes from
     the dumps. Imports neither torch nor paddle.
     """
-    dumps = [load_dump(path_a), load_dump(path_b)]
+    dumps = [p if isinstance(p, Dump) else load_dump(p) for p in (path_a, path_b)]
     explicit = {_ALIASES.get(k, k) for k in list(options or {}) + list(kwargs)}
     opts, notes = _merge_options(dumps, build_options(options, **kwargs), explicit)
     sides, ref_i = _sides(dumps)
@@ -52,7 +55,7 @@ def compare_dumps(path_a, path_b, options=None, **kwargs) -> AlignResult:
         notes.extend(f"(`{d.path}`) {n}" for n in d.notes)
     _check_inputs(dumps, sides, notes)
 
-    plan = plan_copy(ref, test)
+    plan = plan_copy(ref, test, values=_shape_values(ref_d))
     if not plan.ok:
         notes.append("Parameters could not be paired between the dumps, so parameter gradients and weights are "
                      f"not compared: {plan.failure.message}")
@@ -143,6 +146,32 @@ def _sides(dumps: List[Dump]):
                  Side(b.adapter, b.model, b.model_name, f"{b.framework} (raw)")]
         ref_i = 0
     return sides, ref_i
+
+
+def _shape_values(dump: Dump) -> Dict[int, np.ndarray]:
+    """Stand-ins for the weights of ``dump`` to plan the weight pairing on. The pairing needs
+    only shapes, but ``plan_copy`` also converts every value (it keeps a transposed copy of
+    each Linear weight): on the dumped weights that would hold the whole model's weights at
+    once. The comparison converts the dumped values itself, link by link, through each
+    link's ``transform``, so the plan is made on arrays of the right shapes over one shared
+    buffer of zeros the size of the largest tensor (untouched pages: no memory), laid out in
+    Fortran order so that transposing one gives a view rather than a copy."""
+    def np_dtype(name: str) -> np.dtype:
+        try:
+            return np.dtype(name)
+        except TypeError:
+            return np.dtype(np.float32)  # bfloat16, float8, ...: dumped as float32
+
+    dtypes = [np_dtype(t.dtype) for t in dump.tensors]
+    largest = max((d.itemsize * int(np.prod(t.shape, dtype=np.int64)) for d, t in zip(dtypes, dump.tensors)),
+                  default=0)
+    zeros = np.zeros(max(largest, 1), np.uint8)
+    values = {}
+    for d, t in zip(dtypes, dump.tensors):
+        arr = np.ndarray(t.shape, d, buffer=zeros, order="F")
+        arr.flags.writeable = False
+        values[id(t)] = arr
+    return values
 
 
 # --- checks before the steps ----------------------------------------------------------------------
