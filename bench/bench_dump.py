@@ -1,6 +1,6 @@
 """Speed and memory of offline dumps, each against a bare baseline in the same process.
 
-    python bench/bench_dump.py              # about 70 s on 2 CPU cores
+    python bench/bench_dump.py              # about 100 s on 2 CPU cores
     python bench/bench_dump.py --quick      # smaller models, for a smoke run
 
 write    For each model (paddle and torch): the bytes ``padiff.dump`` writes divided by the time
