@@ -428,9 +428,8 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
                    1 - ref_i: [(l.dst_path, l.dst_tensor) for l in links]}
     # Compare while the tested model runs its backward when its framework leaves a core idle
     # (single-step mode replays the tested model after its run, so it compares afterwards).
-    threaded = opts.overlap if opts.overlap is not None else (
-        not opts.single_step and idle_cores(test.adapter.compute_threads(test.model)) > 0)
-    threaded = threaded and not opts.single_step
+    wanted = opts.overlap if opts.overlap is not None else idle_cores(test.adapter.compute_threads(test.model)) > 0
+    threaded = wanted and not opts.single_step
     result.overlapped = threaded
     try:
         for step in range(opts.steps):
