@@ -40,8 +40,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "examples")]
+from pairs import model_pair, reset_peak, status_kib
 
 MB = 1e6
 PAIR_FACTOR = 4.0  # compare target: peak <= PAIR_FACTOR x largest pair + FIXED_MB
@@ -52,30 +51,10 @@ FIXED_MB = 32.0
 
 def build(kind: str, quick: bool):
     """{framework: (model, inputs)} for one bundled model pair, same weights on both sides."""
-    import numpy as np
     import paddle
     import torch
 
-    import models
-    from padiff import assign_weight
-
-    if kind == "convnet8":
-        paddle_model, torch_model = models.convnet_pair(width=16, blocks=(2, 2, 2, 2))
-        size = 32 if quick else 64
-        x = np.random.default_rng(0).standard_normal((8, 3, size, size)).astype("float32")
-    elif kind.startswith("encoder"):
-        # encoder6: 6 blocks, width 256 on 8x128 tokens (issue 9's model); encoder6n / encoder24n:
-        # 6 and 24 blocks of the same narrower width, for the compare memory at two depths
-        depth = int(kind[len("encoder"):].rstrip("n"))
-        narrow = kind.endswith("n") or quick
-        dim, tokens = (128, 64 if quick else 128) if narrow else (256, 128)
-        paddle_model, torch_model = models.encoder_pair(depth=depth, dim=dim, heads=8, hidden=dim * 4)
-        x = np.random.default_rng(0).standard_normal((8, tokens, dim)).astype("float32")
-    else:
-        raise SystemExit(f"unknown model {kind}")
-    paddle_model.eval()
-    torch_model.eval()
-    assign_weight(paddle_model, torch_model)
+    paddle_model, torch_model, x = model_pair(kind, quick)
     return {"paddle": (paddle_model, {"x": paddle.to_tensor(x)}), "torch": (torch_model, {"x": torch.tensor(x)})}
 
 
@@ -129,19 +108,7 @@ def timed(fn) -> float:
 # --- /proc (Linux) ----------------------------------------------------------------------------------
 
 def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024 / MB
-    return 0.0
-
-
-def reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # resets VmHWM to the current RSS (Linux)
-    except OSError:
-        pass
+    return status_kib(field) * 1024 / MB
 
 
 # --- write throughput -------------------------------------------------------------------------------
@@ -149,10 +116,10 @@ def reset_peak() -> None:
 def writer_mode(model) -> str:
     """How padiff.dump writes for this model: in a worker thread when the framework leaves a
     CPU core idle, else in the model's thread (padiff.dump's own rule)."""
-    from padiff.compare.overlap import idle_cores
+    from padiff.compare.overlap import wants_overlap
     from padiff.frameworks import adapter_for
 
-    return "worker" if idle_cores(adapter_for(model, "model").compute_threads(model)) > 0 else "inline"
+    return "worker" if wants_overlap(None, adapter_for(model, "model"), model) else "inline"
 
 
 def measure_write(kind: str, fw: str, model, inputs, scratch: str, repeat: int) -> dict:

@@ -23,41 +23,18 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "examples")]
+from pairs import model_pair, reset_peak, status_kib
 
 
 def build(kind: str, quick: bool):
-    import numpy as np
     import paddle
     import torch
 
-    import models
-
-    if kind == "convnet8":
-        paddle_model, torch_model = models.convnet_pair(width=16, blocks=(2, 2, 2, 2))
-        size = 32 if quick else 64
-        x = np.random.default_rng(0).standard_normal((8, 3, size, size)).astype("float32")
-    elif kind.startswith("encoder"):
-        # encoder6: hidden 256 on 8x128 tokens, as issue 9 measured it; encoder24: 24 blocks
-        # (about 150 layers and 400 framework calls), narrower so the whole run stays short
-        depth = 24 if kind == "encoder24" else 6
-        dim = 128 if quick or depth == 24 else 256
-        tokens = 64 if quick or depth == 24 else 128
-        paddle_model, torch_model = models.encoder_pair(depth=depth, dim=dim, heads=8, hidden=dim * 4)
-        x = np.random.default_rng(0).standard_normal((8, tokens, dim)).astype("float32")
-    else:
-        raise SystemExit(f"unknown model {kind}")
-    paddle_model.eval()
-    torch_model.eval()
-    from padiff import assign_weight
-
-    assign_weight(paddle_model, torch_model)
+    paddle_model, torch_model, x = model_pair(kind, quick)
     return paddle_model, torch_model, ({"x": paddle.to_tensor(x)}, {"x": torch.tensor(x)})
 
 
@@ -97,28 +74,12 @@ def best_time(fn, repeat):
     return min(times)
 
 
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def rss_mb() -> float:
-    return _status_mb("VmRSS")
+    return status_kib("VmRSS") / 1024
 
 
 def peak_mb() -> float:
-    return _status_mb("VmHWM")
-
-
-def reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # resets VmHWM to the current RSS (Linux)
-    except OSError:
-        pass
+    return status_kib("VmHWM") / 1024
 
 
 def child(kind: str, mode: str, quick: bool) -> None:

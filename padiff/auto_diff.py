@@ -17,7 +17,7 @@ import numpy as np
 
 from .compare.engine import compare_backward, compare_forward, compare_links, gradient_scale, largest_magnitude
 from .compare.metrics import TensorDiff, compare_arrays, compare_records, explained_error, tolerance_for
-from .compare.overlap import Arrivals, Background, idle_cores
+from .compare.overlap import Arrivals, Background, wants_overlap
 from .compare.pairing import pair_traces
 from .compare.result import AlignResult, Finding, StepResult
 from .errors import PadiffError
@@ -428,8 +428,7 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
                    1 - ref_i: [(l.dst_path, l.dst_tensor) for l in links]}
     # Compare while the tested model runs its backward when its framework leaves a core idle
     # (single-step mode replays the tested model after its run, so it compares afterwards).
-    wanted = opts.overlap if opts.overlap is not None else idle_cores(test.adapter.compute_threads(test.model)) > 0
-    threaded = wanted and not opts.single_step
+    threaded = wants_overlap(opts.overlap, test.adapter, test.model) and not opts.single_step
     result.overlapped = threaded
     try:
         for step in range(opts.steps):

@@ -26,6 +26,12 @@ def idle_cores(busy: int) -> int:
     return max(cores - busy, 0)
 
 
+def wants_overlap(choice: Optional[bool], adapter, model) -> bool:
+    """The ``overlap`` option: the user's ``choice``, else whether ``model``'s framework
+    leaves a CPU core idle while it computes."""
+    return choice if choice is not None else idle_cores(adapter.compute_threads(model)) > 0
+
+
 class Arrivals:
     """The tested model's gradients as its backward produces them: the recorder calls
     :meth:`arrived` after storing each one, the run calls :meth:`finish` when its backward

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..auto_diff import (_clear_grads, _learning_rates, _random_layers, _step_optimizer, _step_scheduler,
                          make_call, run_side)
-from ..compare.overlap import idle_cores
+from ..compare.overlap import wants_overlap
 from ..errors import PadiffError, PadiffInternalError
 from ..frameworks import adapter_for
 from ..options import build_options
@@ -82,7 +82,7 @@ def dump(model, inputs, path, loss_fn=None, optimizer=None, steps=None, options=
 
     # arrays are written as the model runs; by a worker thread when the framework leaves a CPU
     # core idle (as auto_diff compares while the model runs; the option overlap decides)
-    background = opts.overlap if opts.overlap is not None else idle_cores(ad.compute_threads(model)) > 0
+    background = wants_overlap(opts.overlap, ad, model)
     w = _Writer(path, background)
     try:
         manifest = _header(side, opts, notes)
