@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from ..errors import PadiffError, PadiffInternalError
 from ..structure import flatten
 from .api import ApiPatcher, api_targets
+from .spill import Spill
 from .trace import Node, SourceFrame, TensorRecord, Trace
 
 _PADIFF_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,7 +95,7 @@ class Recorder:
         self.extra_api = tuple(extra_api)
         self._patcher = None
         self._in_api = False
-        self._keep = spill.keep if spill is not None else (lambda array, view=False: array.copy() if view else array)
+        self._keep = (spill if spill is not None else Spill(None)).keep  # no budget: all in memory
         self._arrived = arrivals.arrived if arrivals is not None else None  # told after each gradient
         self.walk = LayerWalk(adapter, model, root_name, stop_at)
         self.trace = Trace(adapter.name, root_name)
