@@ -100,8 +100,23 @@ def test_round_trip_through_both_models_with_auto_map(tmp_path):
     assert f"[padiff convert] Wrote {dst} ({len(table.state)} keys)." in text
 
 
-def test_without_a_map_registration_order_fails_with_the_report(tmp_path):
-    t, p = TorchResNet(), PaddleResNet()
+def test_without_a_map_structure_pairs_what_registration_order_does_not(tmp_path):
+    t, p = TorchResNet(), PaddleResNet()  # the paddle model defines its head first
+    torch.save(t.state_dict(), tmp_path / "r.pth")
+    out = io.StringIO()
+    table = convert_checkpoint(tmp_path / "r.pth", tmp_path / "r.pdparams", paddle_model=p, torch_model=t, stream=out)
+    assert bool(table)
+    text = out.getvalue()
+    assert "[padiff convert] Registration order does not pair the weights (torch::Conv2d has 1 parameters/buffers" in text
+    assert "by structure instead" in text
+    fresh = PaddleResNet()
+    _load_into(fresh, str(tmp_path / "r.pdparams"))
+    x = np.random.RandomState(1).rand(2, 3, 8, 8).astype("float32")
+    assert max_diff(t, fresh, x) < TOL
+
+
+def test_when_neither_order_nor_structure_pairs_the_report_names_the_layers(tmp_path):
+    t, p = TorchResNet(), PaddleResNet(classes=7)  # a head of another size: nothing fits it
     torch.save(t.state_dict(), tmp_path / "r.pth")
     out = io.StringIO()
     with pytest.raises(PadiffError, match=r"The two models' weights could not be paired \(see the report above\)"):
@@ -279,6 +294,9 @@ FACTORIES = textwrap.dedent(f"""
     def build_paddle():
         return PaddleResNet()
 
+    def build_paddle_7():
+        return PaddleResNet(classes=7)
+
     def build_torch():
         return TorchResNet()
 
@@ -337,7 +355,7 @@ def test_cli_models_that_cannot_be_paired_exit_1(tmp_path, capsys):
     (tmp_path / "factories.py").write_text(FACTORIES)
     torch.save(TorchResNet().state_dict(), tmp_path / "t.pth")
     f = tmp_path / "factories.py"
-    code = main([str(tmp_path / "t.pth"), str(tmp_path / "p.pdparams"), "--paddle-model", f"{f}:build_paddle",
+    code = main([str(tmp_path / "t.pth"), str(tmp_path / "p.pdparams"), "--paddle-model", f"{f}:build_paddle_7",
                  "--torch-model", f"{f}:build_torch"])
     captured = capsys.readouterr()
     assert code == 1

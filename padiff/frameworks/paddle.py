@@ -51,6 +51,10 @@ class Adapter:
     def own_buffers(self, layer):
         return list(layer.named_buffers(include_sublayers=False))
 
+    def transient_buffers(self, layer):
+        """Names of the layer's own buffers that its state_dict leaves out (persistable=False)."""
+        return set(layer._non_persistable_buffer_names_set)
+
     def all_params(self, layer):
         return list(layer.named_parameters())
 
@@ -172,7 +176,7 @@ class Adapter:
 
     def from_array(self, array, dtype_name: str, like=None):
         """A tensor of ``dtype_name`` holding ``array``, on the device of ``like``."""
-        t = paddle.to_tensor(np.ascontiguousarray(array), place=like.place if like is not None else None)
+        t = paddle.to_tensor(np.asarray(array, order="C"), place=like.place if like is not None else None)
         return t.astype(dtype_name) if self.dtype_name(t) != dtype_name else t
 
     def mark_requires_grad(self, tensor):
@@ -211,7 +215,7 @@ class Adapter:
         return paddle.no_grad()
 
     def set_value(self, param, array: np.ndarray) -> None:
-        value = np.ascontiguousarray(array)
+        value = np.asarray(array, order="C")  # np.ascontiguousarray would make a 0-d array 1-d
         if self.dtype_name(param) in _NUMPY_OK:
             param.set_value(value.astype(self.dtype_name(param)))
         else:  # bfloat16 and friends: numpy has no such type, cast in paddle

@@ -47,6 +47,10 @@ class Adapter:
     def own_buffers(self, layer):
         return list(layer.named_buffers(recurse=False))
 
+    def transient_buffers(self, layer):
+        """Names of the layer's own buffers that its state_dict leaves out (persistent=False)."""
+        return set(layer._non_persistent_buffers_set)
+
     def all_params(self, layer):
         return list(layer.named_parameters())
 
@@ -165,7 +169,7 @@ class Adapter:
 
     def from_array(self, array, dtype_name: str, like=None):
         """A tensor of ``dtype_name`` holding ``array``, on the device of ``like``."""
-        t = torch.as_tensor(np.ascontiguousarray(array))
+        t = torch.as_tensor(np.asarray(array, order="C"))
         dtype = getattr(torch, dtype_name, None)
         return t.to(dtype=dtype if isinstance(dtype, torch.dtype) else t.dtype,
                     device=like.device if like is not None else "cpu")
@@ -203,7 +207,7 @@ class Adapter:
 
     def set_value(self, param, array: np.ndarray) -> None:
         with torch.no_grad():
-            param.copy_(torch.as_tensor(np.ascontiguousarray(array)).to(dtype=param.dtype, device=param.device))
+            param.copy_(torch.as_tensor(np.asarray(array, order="C")).to(dtype=param.dtype, device=param.device))
 
     def scalar(self, tensor) -> float:
         return float(tensor.detach().float().cpu().item())

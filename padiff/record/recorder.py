@@ -42,12 +42,25 @@ def user_frames(internal_dirs, stop_frame=None, limit: int = 12):
     return tuple(frames)
 
 
+def is_atomic(ad, layer) -> bool:
+    """Whether a layer is compared and copied as a whole: a framework's own layer that has no
+    sublayers (``Linear``, ``Conv2d``) or keeps state of its own beside them (torch's
+    ``MultiheadAttention`` with its packed ``in_proj_weight``, paddle's ``LSTM``): its insides
+    differ between frameworks. Every other layer with sublayers is walked into, whatever
+    package defines it (``paddle.vision.models.ResNet``, ``TransformerEncoderLayer``,
+    ``Sequential``)."""
+    if not ad.is_builtin(layer):
+        return False
+    if not ad.named_children(layer):
+        return True
+    return bool(ad.own_params(layer) or ad.own_buffers(layer))
+
+
 class LayerWalk:
     """The layers of a model that get traced, with their dotted paths.
 
-    Framework built-in layers (``torch.nn.Linear``, ``paddle.nn.MultiHeadAttention``) are
-    leaves: their insides differ between frameworks, so they are compared as a whole.
-    Containers (Sequential, ModuleList/LayerList, ...) and user layers are walked into.
+    Atomic layers (:func:`is_atomic`: ``torch.nn.Linear``, torch's ``MultiheadAttention``)
+    are leaves, compared as a whole; every other layer is walked into.
     """
 
     def __init__(self, adapter, model, root_name: str, stop_at: Callable = None):
@@ -65,7 +78,7 @@ class LayerWalk:
         self.paths[key] = path
         self.order.append(key)
         ad = self.adapter
-        if ad.is_builtin(layer) and not ad.is_container(layer):
+        if is_atomic(ad, layer):
             return
         if stop_at is not None and stop_at(layer):
             return

@@ -128,6 +128,26 @@ def auto_table_lines(res) -> List[str]:
     return lines
 
 
+def structure_lines(plan, header: str = "[AutoDiff]", limit: int = 12) -> List[str]:
+    """How a plan paired weights by structure, once registration order had not: why order
+    failed, how many pairs, and the pairs that are not at the same place in both models."""
+    if plan.how != "structure":
+        return []
+    why = plan.order_failure.message.split(". ")[0].rstrip(".") if plan.order_failure is not None else ""
+    rows = [(sp, sc, dp, dc, HOW.get(how, how)) for sp, sc, dp, dc, how in plan.matches
+            if sp.split(".", 1)[-1] != dp.split(".", 1)[-1]]
+    lines = [f"{header} Registration order does not pair the weights ({why}); paired "
+             f"{_n(len(plan.matches), 'layer')} by structure instead (kinds, shapes, names, neighbours)."]
+    if rows:
+        lines.append(f"{header} {_n(len(rows), 'pair')} at different places in the two models:")
+        head = [(f"{plan.src.label} layer", "class", f"{plan.dst.label} layer", "class", "found by")]
+        lines += _table(head + rows[:limit])
+        if len(rows) > limit:
+            lines.append(f"    ... and {len(rows) - limit} more.")
+    lines.append(f"{header} Correct a pair with layer_map.map = {{layer_a: layer_b}} if one is wrong.")
+    return lines
+
+
 # --- padiff convert -----------------------------------------------------------------------------
 
 def convert_table_lines(table) -> List[str]:

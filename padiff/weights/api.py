@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..side import make_sides
-from ..report.weights import copy_failure_lines
+from ..report.weights import copy_failure_lines, structure_lines
 from .assign import apply_copy, plan_copy
 
 
@@ -29,5 +29,7 @@ def assign_weight(first_model, second_model, layer_map=None, *, show_path: bool 
                                        header="[assign_weight]"):
             print(line, file=stream)
         return False
+    for line in structure_lines(plan, header="[assign_weight]") + [f"[assign_weight] Note: {n}" for n in plan.notes]:
+        print(line, file=stream)
     apply_copy(plan)
     return True

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ..errors import PadiffError
+from ..record.recorder import LayerWalk, is_atomic
 from ..side import Side
 from .auto import SKIP_BUFFERS, Node, build_tree, match_trees, state_of  # noqa: F401 (SKIP_BUFFERS re-exported)
 from .rules import Converted, RuleError, find_rule, in_order
@@ -33,8 +34,7 @@ class Unit:
 
 
 def layer_tree(side: Side, stop_at=None):
-    """[(depth, key, path, layer)] in registration order, with built-in leaves not entered."""
-    from ..record.recorder import LayerWalk
+    """[(depth, key, path, layer)] in registration order, with atomic layers not entered."""
 
     walk = LayerWalk(side.adapter, side.model, side.name, stop_at)
     out = []
@@ -44,15 +44,17 @@ def layer_tree(side: Side, stop_at=None):
     return out
 
 
-def units_of(side: Side, layer_map=None) -> List[Unit]:
+def units_of(side: Side, layer_map=None, whole_if=None) -> List[Unit]:
+    """The units of a model; ``whole_if(layer)`` makes more layers whole units, not entered."""
     ad = side.adapter
     units = []
     stop = layer_map.stops if layer_map is not None else None
+    if whole_if is not None:
+        stop = (lambda l, inner=stop: whole_if(l) or inner(l)) if stop is not None else whole_if
     for depth, key, path, layer in layer_tree(side, stop):
         if layer_map is not None and layer_map.is_ignored(layer):
             continue
-        whole = ad.is_builtin(layer) and not ad.is_container(layer)
-        whole = whole or (layer_map is not None and layer_map.is_mapped(layer))
+        whole = is_atomic(ad, layer) or (whole_if is not None and whole_if(layer)) or (layer_map is not None and layer_map.is_mapped(layer))
         tensors = state_of(ad, layer, whole)
         if tensors:
             units.append(Unit(path, layer, key, tensors, whole))
@@ -104,6 +106,11 @@ class WeightPlan:
     links: List[TensorLink] = field(default_factory=list)
     unit_pairs: List[Tuple[Unit, Unit]] = field(default_factory=list)
     failure: Optional[CopyFailure] = None
+    how: str = "order"  # "order" (LayerMap, then registration order) or "structure"
+    matches: List[Tuple[str, str, str, str, str]] = field(default_factory=list)  # by structure: paths, classes, how
+    order_failure: Optional[CopyFailure] = None  # why registration order did not pair them
+    notes: List[str] = field(default_factory=list)
+    inner_pairs: List[Tuple[object, object]] = field(default_factory=list)  # (src layer, dst layer) inside whole pairs
 
     @property
     def ok(self) -> bool:
@@ -123,6 +130,7 @@ class Ctx:
     layer_map: object = None
     values: Optional[Dict[int, np.ndarray]] = None
     _compat: Dict[tuple, bool] = field(default_factory=dict)
+    inner_pairs: List[Tuple[object, object]] = field(default_factory=list)  # layers paired inside whole pairs
 
     def value(self, tensor) -> np.ndarray:
         arr = self.values.get(id(tensor)) if self.values is not None else None
@@ -223,6 +231,7 @@ def _decompose(ctx: Ctx, s_layer, d_layer, s_path: str, d_path: str) -> List[Con
     out = list(split)
     for m in found.pairs:
         a, b = m.src, m.dst
+        ctx.inner_pairs.append((a.layer, b.layer))
         conv = convert_pair(ctx, a.layer, b.layer, _node_tensors(ctx.src_ad, a), _node_tensors(ctx.dst_ad, b),
                             whole=not (a.own or b.own), s_path=a.path, d_path=b.path)
         out += [replace(c, src_name=_join(a.rel, c.src_name), dst_name=_join(b.rel, c.dst_name)) for c in conv]
@@ -299,11 +308,14 @@ def node_compat(ctx: Ctx, s: Node, d: Node, whole: bool) -> bool:
     key = (s.cls, s.own, tuple((n, tuple(ctx.src_ad.shape(t))) for n, t, _ in st),
            d.cls, d.own, tuple((n, tuple(ctx.dst_ad.shape(t))) for n, t, _ in dt))
     if key not in ctx._compat:
+        mark = len(ctx.inner_pairs)  # a trial: the pairs found inside are not kept
         try:
             convert_pair(ctx, s.layer, d.layer, st, dt, whole=not (s.own or d.own), s_path=s.path, d_path=d.path)
             ctx._compat[key] = True
         except RuleError:
             ctx._compat[key] = False
+        finally:
+            del ctx.inner_pairs[mark:]
     return ctx._compat[key]
 
 
@@ -333,28 +345,30 @@ def _pair_units(src_units, dst_units, layer_map):
     return pairs, rest_s[len(rest_d):], rest_d[len(rest_s):]
 
 
-def plan_copy(src: Side, dst: Side, layer_map=None, *, values: Optional[Dict[int, np.ndarray]] = None) -> WeightPlan:
-    """Work out every tensor copy from ``src`` into ``dst`` without writing anything.
-    ``values`` (id(source tensor) -> array) replaces source values (the checkpoint converter)."""
-    plan = WeightPlan(src, dst)
-    ctx = Ctx(src.adapter, dst.adapter, src.adapter.name != dst.adapter.name, layer_map, values)
-    s_units = units_of(src, layer_map)
-    d_units = units_of(dst, layer_map)
-    pairs, extra_s, extra_d = _pair_units(s_units, d_units, layer_map)
-    plan.unit_pairs = pairs
+def _links_for(ctx: Ctx, plan: WeightPlan, pairs) -> Optional[CopyFailure]:
+    """Convert each pair of units into links on ``plan``; the first pair that does not convert
+    is returned as the failure (nothing is added for it)."""
     for su, du in pairs:
         try:
             converted = convert_pair(ctx, su.layer, du.layer, su.tensors, du.tensors, whole=su.whole and du.whole,
                                      s_path=su.path, d_path=du.path)
         except RuleError as e:
-            plan.failure = CopyFailure(str(e), su, du, e.src_name, e.dst_name)
-            return plan
+            return CopyFailure(str(e), su, du, e.src_name, e.dst_name)
         s_by_name = {n: t for n, t, _ in su.tensors}
         d_by_name = {n: (t, p) for n, t, p in du.tensors}
         for c in converted:
             dt, is_param = d_by_name[c.dst_name]
             plan.links.append(TensorLink(su, du, c.src_name, c.dst_name, s_by_name[c.src_name], dt, is_param, c))
-    if extra_s or extra_d:
+    return None
+
+
+def _by_order(ctx: Ctx, src: Side, dst: Side, layer_map) -> WeightPlan:
+    """The seeds' pairing: LayerMap pairs, then the rest in registration order."""
+    plan = WeightPlan(src, dst)
+    pairs, extra_s, extra_d = _pair_units(units_of(src, layer_map), units_of(dst, layer_map), layer_map)
+    plan.unit_pairs = pairs
+    plan.failure = _links_for(ctx, plan, pairs)
+    if plan.failure is None and (extra_s or extra_d):
         su = extra_s[0] if extra_s else None
         du = extra_d[0] if extra_d else None
         lone = su or du
@@ -370,10 +384,103 @@ def plan_copy(src: Side, dst: Side, layer_map=None, *, values: Optional[Dict[int
     return plan
 
 
+def _unit_of(ad, n: Node) -> Unit:
+    return Unit(n.path, n.layer, id(n.layer), _node_tensors(ad, n), whole=not n.own)
+
+
+def _by_structure(ctx: Ctx, src: Side, dst: Side, layer_map) -> Optional[WeightPlan]:
+    """Pairing by structure (``LayerMap.auto``'s matcher) where registration order fails: the
+    LayerMap's own pairs first, the rest matched by kind, size, name and neighbours. None when
+    structure leaves a layer with weights unpaired too."""
+    given = [(u, v) for u, v in _pair_units(units_of(src, layer_map), units_of(dst, layer_map), layer_map)[0]
+             if layer_map is not None and any(u.layer is a or u.layer is b for a, b in layer_map.unit_pairs())]
+    exclude = frozenset(id(x) for u, v in given for x in (u.layer, v.layer))
+    ts = build_tree(ctx.src_ad, src.model, src.name, layer_map, exclude=exclude)
+    td = build_tree(ctx.dst_ad, dst.model, dst.name, layer_map, exclude=exclude)
+    found = match_trees(ts, td, lambda a, b, whole: node_compat(ctx, a, b, whole), ctx.cross)
+    if not found.complete:
+        return None
+    plan = WeightPlan(src, dst, how="structure")
+    plan.unit_pairs = given + [(_unit_of(ctx.src_ad, m.src), _unit_of(ctx.dst_ad, m.dst)) for m in found.pairs]
+    plan.matches = [(m.src.label(), m.src.cls, m.dst.label(), m.dst.cls, m.how) for m in found.pairs]
+    plan.failure = _links_for(ctx, plan, plan.unit_pairs)
+    return plan if plan.failure is None else None
+
+
+def _transient_links(ctx: Ctx, plan: WeightPlan) -> None:
+    """Buffers a checkpoint leaves out (a rotary embedding's ``inv_freq``) need no partner:
+    one at the same place (path below the model) with the same shape on both sides is copied
+    and compared like any buffer; the others are noted."""
+    def collect(side):
+        ad, found = side.adapter, {}
+        for _, _, path, layer in layer_tree(side):
+            names = ad.transient_buffers(layer)
+            for name, t in ad.own_buffers(layer):
+                if name in names:
+                    rel = path.split(".", 1)[1] + "." + name if "." in path else name
+                    found.setdefault(rel, (path, layer, name, t))
+        return found
+
+    s_found, d_found = collect(plan.src), collect(plan.dst)
+    alone = []
+    for rel, (s_path, s_layer, s_name, st) in s_found.items():
+        hit = d_found.pop(rel, None)
+        if hit is None or tuple(ctx.src_ad.shape(st)) != tuple(ctx.dst_ad.shape(hit[3])):
+            alone.append(f"{plan.src.label} `{s_path}.{s_name}`")
+            if hit is not None:
+                alone.append(f"{plan.dst.label} `{hit[0]}.{hit[2]}`")
+            continue
+        d_path, d_layer, d_name, dt = hit
+        su = Unit(s_path, s_layer, id(s_layer), [(s_name, st, False)])
+        du = Unit(d_path, d_layer, id(d_layer), [(d_name, dt, False)])
+        conv = Converted(d_name, s_name, ctx.value(st), "not in a checkpoint")
+        plan.links.append(TensorLink(su, du, s_name, d_name, st, dt, False, conv))
+    alone += [f"{plan.dst.label} `{p}.{n}`" for p, _, n, _ in d_found.values()]
+    if alone:
+        plan.notes.append(
+            f"{len(alone)} buffer(s) that a checkpoint does not hold have no counterpart at the same place in the "
+            f"other model and were left as each model computes them: {', '.join(alone[:4])}"
+            f"{', ...' if len(alone) > 4 else ''}.")
+
+
+def plan_copy(src: Side, dst: Side, layer_map=None, *, values: Optional[Dict[int, np.ndarray]] = None) -> WeightPlan:
+    """Work out every tensor copy from ``src`` into ``dst`` without writing anything.
+    ``values`` (id(source tensor) -> array) replaces source values (the checkpoint converter).
+
+    Layers are paired in registration order (the seeds' rule) after the LayerMap's pairs;
+    where that does not pair the two models, by structure (``plan.how == "structure"``,
+    the pairs in ``plan.matches``). The failure of registration order is reported when
+    structure does not pair them either."""
+    ctx = Ctx(src.adapter, dst.adapter, src.adapter.name != dst.adapter.name, layer_map, values)
+    plan = _by_order(ctx, src, dst, layer_map)
+    if not plan.ok:
+        ctx.inner_pairs.clear()
+        other = _by_structure(ctx, src, dst, layer_map)
+        if other is not None:
+            other.order_failure = plan.failure
+            plan = other
+    if plan.ok:
+        _transient_links(ctx, plan)
+    plan.inner_pairs = list(ctx.inner_pairs)
+    return plan
+
+
 def apply_copy(plan: WeightPlan) -> None:
+    """Write every link's value into the destination model; on any error, the destination
+    tensors already written get their old values back."""
     if not plan.ok:
         raise PadiffError(plan.failure.message)
     da = plan.dst.adapter
-    for link in plan.links:
-        arr = np.asarray(link.converted.array)
-        da.set_value(link.dst_tensor, arr if arr.flags.writeable else np.array(arr))
+    written = []
+    try:
+        for link in plan.links:
+            arr = np.asarray(link.converted.array)
+            old = da.to_numpy(link.dst_tensor)
+            da.set_value(link.dst_tensor, arr if arr.flags.writeable else np.array(arr))
+            written.append((link.dst_tensor, old))
+    except Exception as exc:
+        for tensor, old in reversed(written):
+            da.set_value(tensor, old)
+        raise PadiffError(
+            f"Copying `{link.src_path}` into `{link.dst_path}` failed ({type(exc).__name__}: {exc}); the "
+            f"{plan.dst.label} model was left as it was.") from exc

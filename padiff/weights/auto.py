@@ -29,6 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
+from ..record.recorder import is_atomic
 from .rules import family, find_rule
 
 SKIP_BUFFERS = ("num_batches_tracked", "_dropout_state")
@@ -38,12 +39,34 @@ def _last(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
+def transient_names(ad, layer, whole: bool) -> set:
+    """Dotted names (relative to ``layer``) of the buffers a checkpoint leaves out: torch's
+    ``persistent=False``, paddle's ``persistable=False`` (a rotary embedding's ``inv_freq``).
+    Only the layer's own with ``whole=False``, its sublayers' too with ``whole=True``."""
+    out = set(ad.transient_buffers(layer))
+    if whole:
+        seen = {id(layer)}
+        stack = [(layer, "")]
+        while stack:
+            parent, prefix = stack.pop()
+            for name, child in ad.named_children(parent):
+                if id(child) in seen:
+                    continue
+                seen.add(id(child))
+                out.update(f"{prefix}{name}.{b}" for b in ad.transient_buffers(child))
+                stack.append((child, f"{prefix}{name}."))
+    return out
+
+
 def state_of(ad, layer, whole: bool):
-    """[(name, tensor, is_param)]: the layer's whole state, or only its own."""
+    """[(name, tensor, is_param)]: what a checkpoint holds of the layer, whole or only its own.
+    Buffers a checkpoint leaves out (:func:`transient_names`) need no partner and are not
+    listed: ``plan_copy`` handles them apart."""
     params = ad.all_params(layer) if whole else ad.own_params(layer)
     buffers = ad.all_buffers(layer) if whole else ad.own_buffers(layer)
+    transient = transient_names(ad, layer, whole) if buffers else ()
     out = [(n, t, True) for n, t in params]
-    out += [(n, t, False) for n, t in buffers if _last(n) not in SKIP_BUFFERS]
+    out += [(n, t, False) for n, t in buffers if _last(n) not in SKIP_BUFFERS and n not in transient]
     return out
 
 
@@ -109,7 +132,7 @@ def build_tree(ad, layer, path: str, layer_map=None, *, enter_root: bool = False
         ignored = layer_map is not None and layer_map.is_ignored(layer)
         cls = type(layer).__name__
         opened = is_root and enter_root
-        whole_leaf = ad.is_builtin(layer) and not ad.is_container(layer)
+        whole_leaf = is_atomic(ad, layer)
         mapped = layer_map is not None and layer_map.is_mapped(layer)
         if (whole_leaf or mapped) and not opened:
             if ignored:

@@ -172,7 +172,7 @@ def _paddle_keys(paddle_ad, model) -> Dict[int, List[str]]:
 # --- mode 1: both models ----------------------------------------------------------------------
 
 def _through_models(table, ckpt, paddle_model, torch_model, layer_map, stream):
-    from ..report.weights import copy_failure_lines
+    from ..report.weights import copy_failure_lines, structure_lines
     from ..side import make_sides
     from .assign import plan_copy
 
@@ -196,6 +196,8 @@ def _through_models(table, ckpt, paddle_model, torch_model, layer_map, stream):
             print(line, file=stream)
         raise ConvertFailed("The two models' weights could not be paired (see the report above): "
                             + plan.failure.message)
+    for line in structure_lines(plan, header="[padiff convert]"):
+        print(line, file=stream)
     keys = _paddle_keys(dst.adapter, dst.model)
     for link in plan.links:
         src_key = _join(_strip_root(link.src_unit.path), link.src_name)
@@ -268,7 +270,12 @@ def _through_paddle_model(table, ckpt, paddle_model, layer_map):
     side = Side(ad, paddle_model, type(paddle_model).__name__, "paddle")
     keys = _paddle_keys(ad, paddle_model)
     used = set()
-    for unit in units_of(side, layer_map):
+
+    def has_rule(layer):  # paddle's MultiHeadAttention: converted from torch's by the shipped rule
+        cls = type(layer).__name__
+        return ad.is_builtin(layer) and find_rule(PADDLE_TO_TORCH_CLASS.get(cls, cls), cls, True) is not None
+
+    for unit in units_of(side, layer_map, whole_if=has_rule):
         for prefix, layer, tensors, guess, whole in _leaves(ad, unit.layer, _strip_root(unit.path), unit.tensors,
                                                             unit.whole):
             lead = prefix + "." if prefix else ""
