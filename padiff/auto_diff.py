@@ -15,10 +15,11 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .compare.engine import compare_backward, compare_forward, compare_links, gradient_scale, largest_magnitude
+from .compare.engine import (compare_backward, compare_forward, compare_links, gap_notes, gradient_scale,
+                             largest_magnitude)
 from .compare.metrics import TensorDiff, compare_arrays, compare_records, explained_error, tolerance_for
 from .compare.overlap import Arrivals, Background, wants_overlap
-from .compare.pairing import pair_traces
+from .compare.pairing import correspondence, layer_paths, pair_traces
 from .compare.result import AlignResult, Finding, StepResult
 from .errors import PadiffError
 from .frameworks import adapter_for
@@ -28,10 +29,12 @@ from .record.spill import Spill
 from ._memory import release_freed_memory
 from .record.trace import TensorRecord
 from .report import console
-from .report.weights import copy_failure_lines
+from .report.weights import copy_failure_lines, structure_lines
 from .side import Side, make_sides
 from .structure import flatten, show_id
 from .weights.assign import WeightPlan, apply_copy, plan_copy
+from .weights.layer_map import LayerMap
+from .weights.rules import family
 
 P = console.P
 
@@ -203,7 +206,7 @@ def run_side(side: Side, call, *, opts: Options, loss_fn, need_loss: bool, param
     backward; ``arrivals`` (:class:`~padiff.compare.overlap.Arrivals`) is told of every
     gradient as it is recorded and, at the end, that the run is finished (or failed)."""
     ad = side.adapter
-    stop = layer_map.stops if layer_map is not None else None
+    stop = layer_map.is_ignored_recursively if layer_map is not None else None  # mapped pairs are traced inside
     rec = Recorder(ad, side.model, side.name, grads=opts.check_backward, keep_inputs=keep_inputs, stop_at=stop,
                    api=opts.api_check, extra_api=opts.thirdparty_api + registered_apis(), spill=spill,
                    arrivals=arrivals)
@@ -315,17 +318,49 @@ def _restore(side: Side, snapshot) -> None:
         ad.set_value(t, value)
 
 
-def single_step_findings(pairing, ref_run: SideRun, test_run: SideRun, test: Side, opts: Options, step: int):
+def _take_grads(side: Side):
+    """The parameters' gradients, copied, and cleared: a replay's backward adds to them, and the
+    run's own are still wanted by the optimizer step that follows the comparison."""
+    ad = side.adapter
+    kept = []
+    for _, p in ad.all_params(side.model):
+        g = ad.param_grad(p)
+        if g is not None:
+            kept.append((p, TensorRecord(ad.to_numpy(g), ad.dtype_name(g), ad.shape(g))))
+            ad.set_grad(p, None)
+    return kept
+
+
+def _give_grads(side: Side, kept) -> None:
+    ad = side.adapter
+    _clear_grads(side)
+    for p, rec in kept:
+        ad.set_grad(p, ad.from_array(rec.array, rec.dtype, p))
+
+
+def single_step_findings(pairing, ref_run: SideRun, test_run: SideRun, ref: Side, test: Side, opts: Options,
+                         step: int):
     """Replay every paired layer of the tested model on the reference's inputs; returns
-    (forward findings, backward findings), each layer's own difference."""
+    (forward findings, backward findings), each layer's own difference.
+
+    Backward: each layer without sublayers is fed the reference's output gradient on both
+    sides, the reference's layer replayed as well as the tested one. The input gradient the
+    reference recorded cannot stand for its own: it is the whole gradient of that tensor, over
+    every layer that read it (a residual's skip path adds to a pre-norm's input gradient).
+    The parameters' gradients and state (BatchNorm statistics) are as the run left them
+    afterwards: the optimizer step comes next."""
     from .compare.engine import compare_outputs, compare_grads
     from .record.replay import Replayer, recorded_inputs
 
     replayer = Replayer(test.adapter, test_run.walk.layers, test.model)
+    own = Replayer(ref.adapter, ref_run.walk.layers, ref.model) if opts.check_backward else None
     fwd, bwd = [], []
     grad_scale = gradient_scale(ref_run.trace.backward_events())
-    snapshot = _snapshot(test)
+    sides = [test, ref] if opts.check_backward else [test]
+    kept = []
     try:
+        for s in sides:
+            kept.append((s, _snapshot(s), _take_grads(s)))
         for a in ref_run.trace.exit_order():
             b = pairing.partner.get(id(a))
             if b is None or a.kind != "net" or a.parent is None or a.call_args is None:
@@ -334,22 +369,26 @@ def single_step_findings(pairing, ref_run: SideRun, test_run: SideRun, test: Sid
             substitute = {}
             for x, y in net_pairs:
                 if y is not None:
-                    substitute.setdefault(y.layer_key, []).append(x)
+                    substitute.setdefault(y.layer_key, []).append((x, y))
             leaf = not net_pairs
-            backward = opts.check_backward and leaf
+            backward = opts.check_backward and leaf and bool(a.grad_in)
             got = replayer.replay(a, b, substitute=substitute, backward=backward)
             if opts.check_forward:
                 for child, received in got.child_inputs:
                     fwd += compare_outputs(a, b, recorded_inputs(child), received, opts, step, "input",
                                            f" of {child.label()} (own, single step)")
                 fwd += compare_outputs(a, b, a.outputs, got.outputs, opts, step, "output", " (own, single step)")
-            if backward and a.grad_in:
-                bwd += compare_grads(a, b, a.grad_in, got.grad_in, opts, step, "input gradient (own, single step)",
+            if backward:
+                mine = own.replay(a, a, substitute={}, backward=True).distinct_grads()
+                # paired by position, each tensor once: torch's MultiheadAttention takes (x, x, x)
+                # where a port may take x
+                theirs = {k: g for (k, _), (_, g) in zip(mine, got.distinct_grads())}
+                bwd += compare_grads(a, b, dict(mine), theirs, opts, step, "input gradient (own, single step)",
                                      context=grad_scale)
-            _clear_grads(test)
     finally:
-        _restore(test, snapshot)
-        _clear_grads(test)
+        for s, snapshot, grads in kept:
+            _restore(s, snapshot)
+            _give_grads(s, grads)
     return fwd, bwd
 
 
@@ -374,6 +413,7 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
     if steps is not None:
         kwargs["steps"] = steps
     opts = build_options(options, **kwargs)
+    layer_map = LayerMap.create_from(layer_map)
     sides, ref_i = make_sides(base_model, raw_model)
     ref, test = sides[ref_i], sides[1 - ref_i]
     loss_fns = _pair_of(loss_fn, "loss_fn")
@@ -402,22 +442,25 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
                          f"{', ...' if len(rnd) > 3 else ''}): their outputs cannot agree. Call .eval() on both "
                          "models, or set their drop probability to 0, before comparing.")
     if opts.single_step and opts.check_backward:
-        notes.append("single_step with diff_phase including backward runs every layer once more to feed it the "
-                     "reference's output gradient.")
+        notes.append("single_step with diff_phase including backward runs every layer once more, and the "
+                     "reference's layers without sublayers too, to feed them the reference's output gradient.")
 
     plan = plan_copy(ref, test, layer_map)
+    notes.extend(plan.notes)
     if opts.auto_weights:
         if not plan.ok:
             lines = copy_failure_lines(plan, first_side=sides[0], layer_map=layer_map, show_path=opts.path_log)
             out(*lines)
             raise PadiffError("\n".join(lines[1:3] + [plan.failure.message]) +
                               "\n(The full report with both model trees is printed above.)")
+        out(*structure_lines(plan))
         apply_copy(plan)
         out(f"{P} Assign weight success !!!")
     elif not plan.ok:
         notes.append("Parameters could not be paired between the models, so parameter gradients and weights are not "
                      f"compared: {plan.failure.message}")
     links = [l for l in plan.links if l.is_param] if plan.ok else []
+    layer_pairs = plan.layer_pairs() if plan.ok else []
     out(*console.notes_block(notes))
 
     result = AlignResult(False, options=opts, ref_label=ref.label, test_label=test.label, notes=list(notes))
@@ -448,12 +491,13 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
                 def start(test_run):
                     compared.append(Background(
                         lambda: _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_map,
+                                              layer_pairs=layer_pairs,
                                               ready=arrivals.ready if arrivals else None), threaded))
 
                 try:
                     test_run = run_side(test, calls[1 - ref_i], loss_fn=loss_fns[1 - ref_i] if loss_fns else None,
-                                        param_paths=param_paths[1 - ref_i], keep_inputs=False, spill=test_spill,
-                                        after_forward=start, arrivals=arrivals, **run_args)
+                                        param_paths=param_paths[1 - ref_i], keep_inputs=opts.single_step,
+                                        spill=test_spill, after_forward=start, arrivals=arrivals, **run_args)
                     sr = compared[0].result()
                 finally:
                     for job in compared:
@@ -488,9 +532,10 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
 def end_step(result: AlignResult, sr: StepResult, out, opts):
     """Add a compared step to the result and print its lines; returns its first difference
     (the run stops there) or None. Shared with the offline compare."""
+    shown = {n for earlier in result.steps for n in earlier.notes}  # a note repeated each step: once
     result.steps.append(sr)
     out(f"{P} Max elementwise output diff is {sr.max_output_diff}")
-    out(*console.notes_block(sr.notes))
+    out(*console.notes_block([n for n in sr.notes if n not in shown]))
     result.first = sr.first_failure
     if result.first is not None:
         return result.first
@@ -546,32 +591,34 @@ def weight_findings(links, grad_findings, read_ref, read_test, opts, step, reprs
     return findings
 
 
-def _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_map, ready=None) -> StepResult:
+def _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_map, ready=None,
+                  layer_pairs=()) -> StepResult:
     """Pair and compare one step. ``ready(node, kind)`` (see :class:`~padiff.compare.overlap.Arrivals`)
     waits for gradients of the tested run that may still be coming: the comparison can then
-    start as soon as the tested model's forward is recorded."""
+    start as soon as the tested model's forward is recorded. ``layer_pairs`` (reference path,
+    tested path) are the layers the weight plan paired: their calls pair with each other."""
     sr = StepResult(step, ref_trace=ref_run.trace, test_trace=test_run.trace)
-    mapped, anchors, ignored = {}, {}, set()
+    mapped, ignored = {}, set()
     if layer_map is not None:
         for a, b in layer_map.pairs():
             mapped[id(a)] = id(b)
             mapped[id(b)] = id(a)
-        for a, b in layer_map.unit_pairs():
-            anchors[id(a)] = id(b)
-            anchors[id(b)] = id(a)
         ignored = {key for run in (ref_run, test_run) for key, layer in run.walk.layers.items()
                    if layer_map.is_ignored(layer)}
+    corr = correspondence(layer_paths(ref_run.trace), layer_paths(test_run.trace), list(layer_pairs))
     wrap = _skip_fn(opts)
     pairing = pair_traces(ref_run.trace, test_run.trace, ref_label=ref.label, test_label=test.label,
-                          skip=lambda n: n.layer_key in ignored or wrap(n), mapped=mapped, anchors=anchors)
+                          skip=lambda n: n.layer_key in ignored or wrap(n), mapped=mapped, corr=corr, kind=family)
     sr.pairing = pairing
     sr.notes.extend(pairing.notes)
     memo: dict = {}  # one step's comparisons of identical record pairs
-    forward = compare_forward(pairing, ref_run.trace.exit_order(), opts, step, memo)
+    gaps: list = []  # outputs compared on neither side (one side only, None, objects): notes
+    forward = compare_forward(pairing, ref_run.trace.exit_order(), opts, step, memo, gaps=gaps)
+    sr.notes.extend(gap_notes(gaps, ref.label, test.label))
     sr.max_output_diff = max((f.diff.max_abs for f in forward if f.ref_node is ref_run.trace.root), default=0.0)
     if opts.single_step:
         normal_first = next((f for f in forward if not f.passed), None)
-        fwd, bwd = single_step_findings(pairing, ref_run, test_run, test, opts, step)
+        fwd, bwd = single_step_findings(pairing, ref_run, test_run, ref, test, opts, step)
         sr.forward, sr.backward = fwd, bwd
         bad = [f for f in fwd + bwd if not f.passed]
         if normal_first is not None:

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[all,html,test]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[all,html,test,realports]"
 # The HTML report test drives headless Chromium. Install it where we may (CI runs as root on Debian).
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "warning: could not install chromium; the HTML screenshot test will be skipped"

@@ -2,58 +2,166 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, List, Tuple
+from dataclasses import dataclass
+from typing import Callable, Iterable, List, Optional, Tuple
 
 from ..record.spill import release
 from ..record.trace import Node, TensorRecord
-from ..structure import show_id
+from ..structure import pair_flat, show_id
 from .metrics import TensorDiff, compare_records, explained_error, tolerance_for
 from .pairing import Pairing
 from .result import Finding
 
 
-def _compare_once(test_rec: TensorRecord, ref_rec: TensorRecord, tol, mode: str, memo) -> TensorDiff:
+def _compare_once(test_rec: TensorRecord, ref_rec: TensorRecord, tol, mode: str, memo,
+                  broadcast: bool = False) -> TensorDiff:
     """The same two records are often compared more than once (a layer's output is its last
     framework call's output; a gradient reaches several hooks): ``memo``, a dict that lives
     for one step's comparison, makes each pair compared once."""
     if memo is None or test_rec.array is None or ref_rec.array is None:
-        return compare_records(test_rec, ref_rec, tol, mode)
-    key = (id(test_rec), id(ref_rec), tol, mode)
+        return compare_records(test_rec, ref_rec, tol, mode, broadcast)
+    key = (id(test_rec), id(ref_rec), tol, mode, broadcast)
     hit = memo.get(key)
     if hit is not None and hit[0] is test_rec and hit[1] is ref_rec:
         return hit[2]
-    diff = compare_records(test_rec, ref_rec, tol, mode)
+    diff = compare_records(test_rec, ref_rec, tol, mode, broadcast)
     memo[key] = (test_rec, ref_rec, diff)
     release(test_rec.array)  # spilled records: their pages go back until needed again
     release(ref_rec.array)
     return diff
 
 
+@dataclass
+class OutputGap:
+    """Part of a paired call's outputs (or inputs) that is compared on neither side: returned
+    by one model only, None in one of them, or an object (a cache). Data; the text is made by
+    :func:`gap_notes`."""
+
+    what: str  # "output", "input"
+    ref_node: Node
+    test_node: Node
+    ref_id: Optional[str]  # where it is in the reference's value (None: it returns nothing there)
+    ref: List[Tuple[str, TensorRecord]]  # the reference's values there
+    test_id: Optional[str]
+    test: List[Tuple[str, TensorRecord]]
+
+    @property
+    def kind(self) -> str:
+        """"object" (an object on either side), "one-sided" (values against None or nothing),
+        or "type" (values of kinds that do not compare, such as a tensor against a string)."""
+        kinds = {r.kind for _, r in self.ref + self.test}
+        if "object" in kinds:
+            return "object"
+        side_kinds = [{r.kind for _, r in leaves} - {"none"} for leaves in (self.ref, self.test)]
+        return "one-sided" if not side_kinds[0] or not side_kinds[1] else "type"
+
+    def where(self) -> str:
+        ids = [i for i in (self.ref_id, self.test_id) if i is not None]
+        if len(ids) == 2 and ids[0] != ids[1]:
+            return f"{show_id(ids[0], self.what)} / {show_id(ids[1], self.what)}"
+        return show_id(ids[0], self.what)
+
+
+def _pairable(a: TensorRecord, b: TensorRecord) -> bool:
+    kinds = {a.kind, b.kind}
+    return kinds <= {"tensor", "number"} or kinds == {"text"}
+
+
+def _is_none(rec: TensorRecord) -> bool:
+    return rec.kind == "none"
+
+
 def _compare_lists(ref: List[Tuple[str, TensorRecord]], test: List[Tuple[str, TensorRecord]], options,
-                   path: str, what: str, memo=None, stage: str = "forward") -> List[Tuple[str, TensorDiff]]:
-    """Pair two flattened nested values by position; a structure difference is a finding.
-    ``None`` entries are dropped first: torch's ``MultiheadAttention`` returns ``(out, None)``
-    where paddle's returns ``out``."""
+                   path: str, what: str, memo=None, stage: str = "forward",
+                   gaps_out: list = None) -> List[Tuple[str, TensorDiff]]:
+    """Pair two flattened nested values (by field name where both sides name their fields,
+    by position otherwise: :func:`structure.pair_flat`) and compare each pair. What only one
+    side returns, what is None on one side, and objects are not compared: they are returned
+    through ``gaps_out`` as :class:`structure.Gap` (a note, not a difference). Torch's
+    ``MultiheadAttention`` returns ``(out, None)`` where paddle's returns ``out``; HF's
+    attention returns its weights where a port returns None.
+
+    Forward values whose shapes differ only in size-1 dimensions are compared after
+    broadcasting (a rotary embedding's ``cos`` of shape ``[1, S, D]`` in a port against
+    ``[B, S, D]``): every consumer that broadcasts sees the same values."""
+    pairs, gaps = pair_flat(ref, test, _is_none, _pairable)
+    if gaps_out is not None:
+        gaps_out.extend(gaps)
     out = []
-    ref = [(i, r) for i, r in ref if r.is_tensor or r.value is not None]
-    test = [(i, r) for i, r in test if r.is_tensor or r.value is not None]
-    if len(ref) != len(test):
-        ids_r = ", ".join(show_id(i, what) for i, _ in ref[:6]) or "nothing"
-        ids_t = ", ".join(show_id(i, what) for i, _ in test[:6]) or "nothing"
-        d = TensorDiff(False, (), (), "", "", None, problem="structure",
-                       detail=f"The {what}s are nested differently: reference has {len(ref)} "
-                              f"({ids_r}), tested has {len(test)} ({ids_t}).")
-        return [(what, d)]
-    for (id_r, rec_r), (id_t, rec_t) in zip(ref, test):
+    for (id_r, rec_r), (id_t, rec_t) in pairs:
         tol = tolerance_for(options, rec_t.dtype, rec_r.dtype, path, stage=stage)
-        out.append((show_id(id_r, what), _compare_once(rec_t, rec_r, tol, options.compare_mode, memo)))
+        name = show_id(id_r, what) if id_r == id_t else f"{show_id(id_r, what)} / {show_id(id_t, what)}"
+        out.append((name, _compare_once(rec_t, rec_r, tol, options.compare_mode, memo, stage == "forward")))
     return out
 
 
 def compare_outputs(a: Node, b: Node, ref_outputs, test_outputs, options, step: int,
-                    what: str = "output", suffix: str = "", memo=None) -> List[Finding]:
-    return [Finding("forward", w + suffix, a.label(), b.label(), a.name, b.name, diff, step, ref_node=a, test_node=b)
-            for w, diff in _compare_lists(ref_outputs, test_outputs, options, a.path, what, memo)]
+                    what: str = "output", suffix: str = "", memo=None, gaps: list = None) -> List[Finding]:
+    """Findings for the paired values of two calls; ``gaps``, when given, receives an
+    :class:`OutputGap` for each part compared on neither side."""
+    found = [] if gaps is not None else None
+    findings = [Finding("forward", w + suffix, a.label(), b.label(), a.name, b.name, diff, step,
+                        ref_node=a, test_node=b)
+                for w, diff in _compare_lists(ref_outputs, test_outputs, options, a.path, what, memo,
+                                              gaps_out=found)]
+    if gaps is not None:
+        gaps.extend(OutputGap(what, a, b, *gap) for gap in found)
+    return findings
+
+
+def _describe(leaves: List[Tuple[str, TensorRecord]], shapes: bool) -> str:
+    """What a side returns at a gap: "a float32 tensor [2, 4]", "None", "nothing", "a Cache
+    object", "3 tensors"."""
+    if not leaves:
+        return "nothing"
+    recs = [r for _, r in leaves if r.kind != "none"]
+    if not recs:
+        return "None"
+    parts = []
+    tensors = [r for r in recs if r.kind == "tensor"]
+    if len(tensors) == 1:
+        r = tensors[0]
+        parts.append(f"a {r.dtype} tensor {list(r.shape)}" if shapes else "a tensor")
+    elif tensors:
+        parts.append(f"{len(tensors)} tensors")
+    objects = [r.dtype for r in recs if r.kind == "object"]
+    if objects:
+        names = list(dict.fromkeys(objects))
+        parts.append(f"a {names[0]} object" if len(objects) == 1 else
+                     f"{len(objects)} objects ({', '.join(names[:3])})")
+    values = [r for r in recs if r.kind in ("number", "text")]
+    if len(values) == 1:
+        v = values[0]
+        parts.append(f"the {v.dtype} {v.value!r}" if shapes and v.value is not None else f"a {v.dtype}")
+    elif values:
+        parts.append(f"{len(values)} values")
+    return " and ".join(parts)
+
+
+_GAP_REASONS = {
+    "one-sided": "Only what both models return is compared.",
+    "object": "Objects are not compared (nor with ==): only the tensors both models return are.",
+    "type": "These do not compare.",
+}
+
+
+def gap_notes(gaps: Iterable[OutputGap], ref_label: str = "reference", test_label: str = "tested") -> List[str]:
+    """One note per kind of gap: the same part of the same pair of layer types, however many
+    calls show it (a port's attention returns None for its weights in every layer)."""
+    groups: dict = {}
+    for g in gaps:
+        key = (g.where(), g.ref_node.name, g.test_node.name, _describe(g.ref, False), _describe(g.test, False))
+        groups.setdefault(key, []).append(g)
+    notes = []
+    for (where, ref_type, test_type, _, _), found in groups.items():
+        g = found[0]
+        a, b = g.ref_node.label(), g.test_node.label()
+        layers = f"`{a}`" if a == b else f"`{a}` / `{b}`"
+        names = ref_type if ref_type == test_type else f"{ref_type} / {test_type}"
+        at = f"{layers} ({names})" if len(found) == 1 else f"{names} ({len(found)} calls, first {layers})"
+        notes.append(f"Not compared: {where} of {at}: {_describe(g.ref, True)} in the {ref_label} model, "
+                     f"{_describe(g.test, True)} in the {test_label} model. {_GAP_REASONS[g.kind]}")
+    return notes
 
 
 def compare_grads(a: Node, b: Node, ref_grads, test_grads, options, step: int, what: str,
@@ -74,9 +182,9 @@ def compare_grads(a: Node, b: Node, ref_grads, test_grads, options, step: int, w
     return findings
 
 
-def _distinct_grads(node: Node, grads, kind: str):
-    """(id path, record) of a node's gradients in forward order, each record once."""
-    order = [i for i, r in node.outputs if r.is_tensor] if kind == "exit" else list(node.input_ids)
+def _distinct_grads(node: Node, grads):
+    """(id path, record) of a node's input gradients in forward order, each record once."""
+    order = list(node.input_ids)
     order += [k for k in grads if k not in order]
     seen, out = set(), []
     for k in order:
@@ -85,6 +193,29 @@ def _distinct_grads(node: Node, grads, kind: str):
             seen.add(id(rec))
             out.append((k, rec))
     return out
+
+
+def _output_grads(a: Node, b: Node, ga, gb):
+    """The gradients of two paired calls' outputs, paired as their outputs are
+    (:func:`structure.pair_flat`): (reference list, tested list, extras), the lists aligned,
+    each pair of records once. A gradient of an output that the other model does not return
+    is left out (the forward comparison notes that output); one whose output is paired but
+    reached only one model's is an extra: ``(side, id path, record)``, unless all zero."""
+    pairs, _ = pair_flat(a.outputs, b.outputs, _is_none, _pairable)
+    la, lb, extra, seen = [], [], [], set()
+    for (id_a, _), (id_b, _) in pairs:
+        rec_a, rec_b = ga.get(id_a), gb.get(id_b)
+        if (rec_a is None and rec_b is None) or (id(rec_a), id(rec_b)) in seen:
+            continue
+        seen.add((id(rec_a), id(rec_b)))
+        if rec_a is not None and rec_b is not None:
+            la.append((id_a, rec_a))
+            lb.append((id_b, rec_b))
+        elif rec_a is not None and not _all_zero(rec_a):
+            extra.append(("reference", id_a, rec_a))
+        elif rec_b is not None and not _all_zero(rec_b):
+            extra.append(("tested", id_b, rec_b))
+    return la, lb, extra
 
 
 def _all_zero(rec: TensorRecord) -> bool:
@@ -109,12 +240,15 @@ def gradient_scale(ref_events: List[Tuple[Node, str]]) -> float:
     return largest_magnitude([r for a, _ in ref_events for g in (a.grad_out, a.grad_in) for r in g.values()])
 
 
-def compare_forward(pairing: Pairing, ref_order: List[Node], options, step: int, memo=None) -> List[Finding]:
+def compare_forward(pairing: Pairing, ref_order: List[Node], options, step: int, memo=None,
+                    gaps: list = None) -> List[Finding]:
+    """The outputs of paired calls, in the reference's order; ``gaps`` (a list), when given,
+    receives an :class:`OutputGap` for each part of them compared on neither side."""
     findings = []
     for a in ref_order:
         b = pairing.partner.get(id(a))
         if b is not None:
-            findings += compare_outputs(a, b, a.outputs, b.outputs, options, step, memo=memo)
+            findings += compare_outputs(a, b, a.outputs, b.outputs, options, step, memo=memo, gaps=gaps)
     return findings
 
 
@@ -135,13 +269,17 @@ def compare_backward(pairing: Pairing, ref_events: List[Tuple[Node, str]], optio
         what = "output gradient" if kind == "exit" else "input gradient"
         if not ga and not gb:
             continue
-        # Pair the distinct gradients of each side by position, in forward order: torch's
-        # MultiheadAttention takes (x, x, x) and returns (out, None) where a port takes x and
-        # returns out; one tensor seen three times has one gradient.
-        la = _distinct_grads(a, ga, kind)
-        lb = _distinct_grads(b, gb, kind)
-        extra = [(side, k, r) for side, lst, n in (("reference", la, len(lb)), ("tested", lb, len(la)))
-                 for k, r in lst[n:] if not _all_zero(r)]
+        # Output gradients pair as their outputs do (by name or position); input gradients
+        # pair the distinct gradients of each side by position, in forward order: torch's
+        # MultiheadAttention takes (x, x, x) where a port takes x; one tensor seen three
+        # times has one gradient.
+        if kind == "exit":
+            la, lb, extra = _output_grads(a, b, ga, gb)
+        else:
+            la = _distinct_grads(a, ga)
+            lb = _distinct_grads(b, gb)
+            extra = [(side, k, r) for side, lst, n in (("reference", la, len(lb)), ("tested", lb, len(la)))
+                     for k, r in lst[n:] if not _all_zero(r)]
         if extra and a.parent is not None:
             has, k, _ = extra[0]
             d = TensorDiff(False, (), (), "", "", None, problem="structure",
@@ -150,12 +288,13 @@ def compare_backward(pairing: Pairing, ref_events: List[Tuple[Node, str]], optio
                                   "or an integer tensor?).")
             findings.append(Finding("backward", show_id(k, what), a.label(), b.label(), a.name, b.name, d, step,
                                     ref_node=a, test_node=b))
-        for (k, rec_a), (_, rec_b) in zip(la, lb):
+        for (k, rec_a), (k_b, rec_b) in zip(la, lb):
             tol = tolerance_for(options, rec_b.dtype, rec_a.dtype, a.path, stage="backward", context=context,
                                 explained=explained)
             diff = _compare_once(rec_b, rec_a, tol, options.compare_mode, memo)
             explained = explained_error([diff], explained)
-            findings.append(Finding("backward", show_id(k, what), a.label(), b.label(), a.name, b.name, diff, step,
+            name = show_id(k, what) if kind != "exit" or k == k_b else f"{show_id(k, what)} / {show_id(k_b, what)}"
+            findings.append(Finding("backward", name, a.label(), b.label(), a.name, b.name, diff, step,
                                     ref_node=a, test_node=b))
     return findings
 

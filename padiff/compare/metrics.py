@@ -176,6 +176,7 @@ class TensorDiff:
     scale: float = 0.0  # the magnitude the auto rule judged errors against (largest |value|)
     flips: int = 0  # elements left out of the verdict as near-tie flips (zero in one model only)
     rel_l2_rest: float = 0.0  # relative L2 error without the flipped elements
+    broadcast: Tuple[int, ...] = ()  # the shape both were compared at, when only size-1 dimensions differ
 
     def __bool__(self) -> bool:
         return self.passed
@@ -224,13 +225,20 @@ class TensorDiff:
         lines.extend(self.notes())
         return "\n".join(lines)
 
+    def broadcast_note(self) -> str:
+        """The line that says two shapes were compared by broadcasting ("" when they were not)."""
+        if not self.broadcast:
+            return ""
+        return (f"Shapes {list(self.shape_a)} vs {list(self.shape_b)} differ only where one model has a "
+                f"dimension of size 1: compared after broadcasting both to {list(self.broadcast)}.")
+
     def notes(self):
         """Lines that say what else the auto rule took into account: near-tie flips, an error
         explained upstream, a calibration (empty otherwise, and for exact tolerances)."""
         tol = self.tolerance
+        out = [self.broadcast_note()] if self.broadcast and self.problem is None else []
         if tol is None or not tol.auto or self.problem is not None or not self.numel:
-            return []
-        out = []
+            return out
         if self.flips:
             out.append(f"{self.flips} element(s) are exactly zero in one model and not in the other: a ReLU, "
                        "max-pool or clip whose input sits within rounding of its kink took the other branch. "
@@ -262,9 +270,24 @@ def _index(flat_index: int, shape) -> Tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(int(flat_index), shape))
 
 
+def broadcast_shape(shape_a, shape_b) -> Optional[Tuple[int, ...]]:
+    """The larger of two shapes of the same rank that differ only where the other has a size-1
+    dimension (``[2, 6, 8]`` and ``[1, 6, 8]``: a port that keeps a batch dimension of 1 where
+    the reference expands it); None for any other pair of different shapes."""
+    if len(shape_a) != len(shape_b) or tuple(shape_a) == tuple(shape_b):
+        return None
+    if all(x == y or y == 1 for x, y in zip(shape_a, shape_b)):
+        return tuple(shape_a)
+    if all(x == y or x == 1 for x, y in zip(shape_a, shape_b)):
+        return tuple(shape_b)
+    return None
+
+
 def compare_arrays(a: np.ndarray, b: np.ndarray, tol: Tolerance, mode: str = "strict",
-                   dtype_a: str = "", dtype_b: str = "") -> TensorDiff:
-    """Compare ``a`` (the model under test) against ``b`` (the reference)."""
+                   dtype_a: str = "", dtype_b: str = "", broadcast: bool = False) -> TensorDiff:
+    """Compare ``a`` (the model under test) against ``b`` (the reference). With ``broadcast``,
+    shapes that differ only in size-1 dimensions (:func:`broadcast_shape`) are compared at the
+    larger shape; any other shape difference is a ``shape`` problem."""
     a = np.asarray(a)
     b = np.asarray(b)
     dtype_a = dtype_a or str(a.dtype)
@@ -272,8 +295,13 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tol: Tolerance, mode: str = "st
     base = dict(shape_a=tuple(a.shape), shape_b=tuple(b.shape), dtype_a=dtype_a, dtype_b=dtype_b,
                 tolerance=tol, mode=mode)
     if a.shape != b.shape:
+        wide = broadcast_shape(a.shape, b.shape) if broadcast and mode == "strict" else None
         if a.size == b.size and a.size == 1:
             a, b = a.reshape(()), b.reshape(())
+        elif wide is not None:
+            d = compare_arrays(np.broadcast_to(a, wide), np.broadcast_to(b, wide), tol, mode, dtype_a, dtype_b)
+            d.shape_a, d.shape_b, d.broadcast = base["shape_a"], base["shape_b"], wide
+            return d
         else:
             return TensorDiff(False, problem="shape", numel=int(b.size), **base)
     if a.dtype.kind in "biu" and b.dtype.kind in "biu":
@@ -392,16 +420,26 @@ def explained_error(diffs, already: Optional[Tuple[float, float]] = None) -> Tup
     return m, l2
 
 
-def compare_records(rec_a, rec_b, tol: Tolerance, mode: str) -> TensorDiff:
-    """Compare two recorded values (tensors or plain values)."""
+def compare_records(rec_a, rec_b, tol: Tolerance, mode: str, broadcast: bool = False) -> TensorDiff:
+    """Compare two recorded values (tensors or plain values); ``broadcast``: see
+    :func:`compare_arrays`."""
     from ..record.trace import TensorRecord  # local: keeps this module numpy-only at import
 
     assert isinstance(rec_a, TensorRecord) and isinstance(rec_b, TensorRecord)
     if rec_a.array is None or rec_b.array is None:
-        same = rec_a.value == rec_b.value
+        kinds = (rec_a.kind, rec_b.kind)
+        if "object" in kinds or "tensor" in kinds or "number" in kinds:
+            # Never ``==`` on objects (a cache defines its own ``==``), nor a value against a
+            # tensor: callers pair only comparable records (structure.pair_flat); this is the
+            # answer for one that does not.
+            shown = [f"a {r.dtype} object" if r.kind == "object" else f"a {r.dtype}" if r.kind == "tensor"
+                     else repr(r.value) for r in (rec_a, rec_b)]
+            return TensorDiff(False, tuple(rec_a.shape), tuple(rec_b.shape), rec_a.dtype, rec_b.dtype, tol, mode,
+                              problem="type", detail=f"Not comparable: {shown[0]} vs {shown[1]}.")
+        same = type(rec_a.value) is type(rec_b.value) and rec_a.value == rec_b.value
         return TensorDiff(bool(same), (), (), rec_a.dtype, rec_b.dtype, tol, mode, problem=None if same else "value",
                           detail="" if same else f"Values differ: {rec_a.value!r} vs {rec_b.value!r}.",
                           value_a=rec_a.value, value_b=rec_b.value)
-    d = compare_arrays(rec_a.array, rec_b.array, tol, mode, rec_a.dtype, rec_b.dtype)
+    d = compare_arrays(rec_a.array, rec_b.array, tol, mode, rec_a.dtype, rec_b.dtype, broadcast)
     d.shape_a, d.shape_b = tuple(rec_a.shape) or d.shape_a, tuple(rec_b.shape) or d.shape_b
     return d

@@ -1,7 +1,8 @@
 """Pairing the calls of two traces.
 
-The two call trees are walked together from their roots; the children of paired calls are
-paired by call order. Where the counts differ, padiff retries with only the calls that
+The two call trees are walked together from their roots. The children of paired calls pair
+through layer correspondence (layers whose weights pair, and their parents) whatever order
+they run in; the rest pair by call order. Where the counts differ, padiff retries with only the calls that
 hold weights (a ReLU module on one side and ``F.relu`` on the other is common) and notes
 which calls it left out; otherwise it stops with an error naming both layers.
 """
@@ -9,7 +10,7 @@ which calls it left out; otherwise it stops with an error naming both layers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import difflib
 
@@ -48,15 +49,102 @@ def _describe(nodes: List[Node]) -> str:
     return ", ".join(names) + more if names else "none"
 
 
-def _anchored(a: Node, b: Node, anchors: Dict[int, int], skip) -> Optional[List[Tuple[Node, Node]]]:
-    """Pair the calls of layers a LayerMap pairs, whatever wrappers stand between them and
-    ``a``/``b`` (a torch ``Sequential`` against flat paddle layers): the k-th call of a mapped
-    layer pairs with the k-th call of its partner. None unless every such call finds one."""
+def layer_paths(trace: Trace) -> Dict[int, str]:
+    """Layer key -> dotted path, for every layer the trace saw called."""
+    return {n.layer_key: n.path for n in trace.nodes if n.kind == "net"}
+
+
+def correspondence(ref_paths: Dict[int, str], test_paths: Dict[int, str],
+                   unit_pairs: List[Tuple[str, str]]) -> Dict[int, Set[int]]:
+    """Which layers of the two models stand for each other: ``unit_pairs`` (ref layer path,
+    test layer path), from the weight plan, structure or a LayerMap, and every pair of
+    layers holding the same paired units below them (two ``LlamaMLP``s whose three Linears
+    pair). Keys of both models map to their partners' keys (a wrapper and its only child
+    both stand for the other model's)."""
+    ref_by_path = {p: k for k, p in ref_paths.items()}
+    test_by_path = {p: k for k, p in test_paths.items()}
+    partner = {}
+    for rp, tp in unit_pairs:
+        if rp in ref_by_path and tp in test_by_path:
+            partner[rp] = tp
+    ref_under: Dict[int, Set[str]] = {}
+    test_under: Dict[int, Set[str]] = {}
+    for units, by_path, under in ((partner.keys(), ref_by_path, ref_under),
+                                  (partner.values(), test_by_path, test_under)):
+        for u in units:
+            parts = u.split(".")
+            for i in range(1, len(parts) + 1):
+                k = by_path.get(".".join(parts[:i]))
+                if k is not None:
+                    under.setdefault(k, set()).add(u)
+    corr: Dict[int, Set[int]] = {}
+    for rp, tp in partner.items():  # a paired unit stands for its partner only
+        rk, tk = ref_by_path[rp], test_by_path[tp]
+        corr.setdefault(rk, set()).add(tk)
+        corr.setdefault(tk, set()).add(rk)
+    # Layers that are no unit stand for the other model's layers that are no unit and hold the
+    # same units. (A paddle ConvPoolLayer holding one conv does not stand for torch's Conv2d.)
+    ref_units = {ref_by_path[p] for p in partner}
+    test_units = {test_by_path[p] for p in partner.values()}
+    by_units: Dict[frozenset, List[int]] = {}
+    for tk, units in test_under.items():
+        if tk not in test_units:
+            by_units.setdefault(frozenset(units), []).append(tk)
+    for rk, units in ref_under.items():
+        if rk in ref_units:
+            continue
+        for tk in by_units.get(frozenset(partner[u] for u in units), ()):
+            corr.setdefault(rk, set()).add(tk)
+            corr.setdefault(tk, set()).add(rk)
+    return corr
+
+
+def _first_partner(x: Node, candidates: List[Node], used: Set[int], corr) -> Optional[Node]:
+    keys = corr.get(x.layer_key, ())
+    for y in candidates:
+        if id(y) not in used and y.layer_key in keys:
+            return y
+    return None
+
+
+def _by_correspondence(ca: List[Node], cb: List[Node], corr):
+    """Calls of corresponding layers pair with each other, the k-th call of one with the k-th
+    of the other, whatever order their parent calls them in. Returns the pairs and the calls
+    left on each side, in call order."""
+    pairs, used = [], set()
+    for x in ca:
+        if x.layer_key in corr:
+            y = _first_partner(x, cb, used, corr)
+            if y is not None:
+                used.add(id(y))
+                used.add(id(x))
+                pairs.append((x, y))
+    return pairs, [x for x in ca if id(x) not in used], [y for y in cb if id(y) not in used]
+
+
+def _transparent(calls: List[Node], other: Node, corr, skip) -> List[Node]:
+    """Calls of wrappers that stand for the same layer as ``other`` (the parent being paired
+    on the other side: torch's ``InvertedResidual.block`` Sequential inside an
+    ``InvertedResidual`` whose paddle twin calls its parts directly) are replaced by their own
+    sublayer calls."""
+    out = []
+    for c in calls:
+        if other.layer_key in corr.get(c.layer_key, ()):
+            out.extend(_transparent([x for x in _visible_children(c, skip) if x.kind == "net"], other, corr, skip))
+        else:
+            out.append(c)
+    return out
+
+
+def _anchored(a: Node, b: Node, corr, skip) -> Optional[List[Tuple[Node, Node]]]:
+    """Pair the calls of corresponding layers whatever wrappers stand between them and
+    ``a``/``b`` (a torch ``Sequential`` against flat paddle layers): the k-th call of a layer
+    pairs with the k-th call of its partner. None unless every such call finds one."""
     def collect(node, out):
         for c in _visible_children(node, skip):
             if c.kind != "net":
                 continue
-            if c.layer_key in anchors:
+            if c.layer_key in corr:
                 out.append(c)
             else:
                 collect(c, out)
@@ -65,63 +153,135 @@ def _anchored(a: Node, b: Node, anchors: Dict[int, int], skip) -> Optional[List[
     da, db = collect(a, []), collect(b, [])
     if not da or len(da) != len(db):
         return None
-    calls: Dict[int, List[Node]] = {}
-    for y in db:
-        calls.setdefault(y.layer_key, []).append(y)
-    pairs = []
-    for x in da:
-        queue = calls.get(anchors[x.layer_key])
-        if not queue:
-            return None
-        pairs.append((x, queue.pop(0)))
-    return pairs
+    pairs, left_a, left_b = _by_correspondence(da, db, corr)
+    return pairs if not left_a and not left_b else None
+
+
+def _weightless_between(a: Node, b: Node, anchored: List[Tuple[Node, Node]], corr, skip,
+                        kind: Callable[[str], str]) -> List[Tuple[Node, Node]]:
+    """Where two layers are nested differently, their weightless calls (activations, pools,
+    dropouts) outside the corresponding layers pair as the longest common sequence of their
+    kinds (``MaxPool2d``/``MaxPool2D``), in call order, with the corresponding calls as fixed
+    points between them (not output shapes: a pool of another shape is what a port gets wrong)."""
+    anchor_id = {}
+    for i, (x, y) in enumerate(anchored):
+        anchor_id[id(x)] = anchor_id[id(y)] = ("anchor", i)
+
+    def collect(node, out):
+        for c in _visible_children(node, skip):
+            if c.kind != "net":
+                continue
+            if id(c) in anchor_id:
+                out.append(c)
+                continue
+            if c.layer_key in corr:
+                continue
+            kids = [x for x in c.children if x.kind == "net"]
+            if not c.has_params and not kids:
+                out.append(c)
+            else:
+                collect(c, out)
+        return out
+
+    def key(n):
+        return anchor_id.get(id(n)) or kind(n.name)
+
+    la, lb = collect(a, []), collect(b, [])
+    matcher = difflib.SequenceMatcher(a=[key(n) for n in la], b=[key(n) for n in lb], autojunk=False)
+    return [(la[m.a + k], lb[m.b + k]) for m in matcher.get_matching_blocks() for k in range(m.size)
+            if id(la[m.a + k]) not in anchor_id]
+
+
+class _Rollback:
+    """Undo what a tried pairing added, when it turns out not to fit."""
+
+    def __init__(self, result: "Pairing"):
+        self.result = result
+        self.marks = (len(result.pairs), len(result.unpaired), len(result.notes))
+
+    def undo(self) -> None:
+        r = self.result
+        for x, _ in r.pairs[self.marks[0]:]:
+            r.partner.pop(id(x), None)
+        del r.pairs[self.marks[0]:]
+        del r.unpaired[self.marks[1]:]
+        del r.notes[self.marks[2]:]
 
 
 def pair_traces(ref: Trace, test: Trace, *, ref_label: str, test_label: str,
                 skip: Callable[[Node], bool] = lambda n: False,
                 leaf: Callable[[Node, Node], bool] = lambda a, b: False,
                 mapped: Optional[Dict[int, int]] = None,
-                anchors: Optional[Dict[int, int]] = None) -> Pairing:
+                corr: Optional[Dict[int, Set[int]]] = None,
+                kind: Callable[[str], str] = str.lower) -> Pairing:
     """Pair every call of ``ref`` with its counterpart in ``test``.
 
-    ``mapped`` holds explicit layer pairs (ref layer key -> test layer key) from a LayerMap:
-    the k-th call of a mapped ref layer pairs with the k-th call of its test partner, and
-    neither side's insides are compared.
+    ``corr`` (:func:`correspondence`) says which layers stand for each other: their calls
+    pair whatever order their parents call them in; calls without a correspondence (layers
+    without weights) pair in call order within their parent. ``mapped`` holds the pairs a
+    LayerMap copies as a whole: their insides are compared where they pair, and otherwise
+    the pair is compared as a whole. ``kind(class name)`` tells which layers of the two
+    frameworks are of one kind (``MaxPool2d``/``MaxPool2D``).
     """
     if ref.root is None or test.root is None:
         raise PadiffError("A model was not called: padiff saw no forward call of the root layer.")
     result = Pairing()
     mapped = mapped or {}
-    anchors = anchors or {}
+    corr = corr or {}
 
     def visit(a: Node, b: Node):
         result.add(a, b)
-        if leaf(a, b) or a.layer_key in mapped:
+        if leaf(a, b):
             return
+        if a.layer_key in mapped:
+            undo = _Rollback(result)
+            try:
+                inside(a, b)
+            except PadiffError:
+                undo.undo()
+                result.notes.append(f"The insides of `{a.path}` and `{b.path}` (paired by your LayerMap) do not "
+                                    "pair call for call; the two are compared as a whole.")
+            return
+        inside(a, b)
+
+    def inside(a: Node, b: Node):
         va, vb = _visible_children(a, skip), _visible_children(b, skip)
         _pair_api_calls([c for c in va if c.kind == "api"], [c for c in vb if c.kind == "api"], result)
         ca = [c for c in va if c.kind == "net"]
         cb = [c for c in vb if c.kind == "net"]
-        if len(ca) != len(cb):
-            wa = [c for c in ca if c.has_params]
-            wb = [c for c in cb if c.has_params]
-            anchored = _anchored(a, b, anchors, skip) if anchors else None
+        if not ca or not cb:
+            return  # one side has no sublayer calls (torch's MultiheadAttention): compared as a whole
+        pairs, rest_a, rest_b = _by_correspondence(ca, cb, corr)
+        more_a, more_b = _transparent(rest_a, b, corr, skip), _transparent(rest_b, a, corr, skip)
+        if (more_a, more_b) != (rest_a, rest_b):
+            ca = [c for c in ca if c not in rest_a] + more_a
+            cb = [c for c in cb if c not in rest_b] + more_b
+            more, rest_a, rest_b = _by_correspondence(more_a, more_b, corr)
+            pairs += more
+        if len(rest_a) != len(rest_b) or any(c.layer_key in corr for c in rest_a + rest_b):
+            anchored = _anchored(a, b, corr, skip)
             if anchored is not None:
+                loose = _weightless_between(a, b, anchored, corr, skip, kind)
                 result.notes.append(
-                    f"Inside `{a.path}` the models are nested differently; the {len(anchored)} layer calls your "
-                    "LayerMap pairs were compared, the wrappers around them were not.")
-                for x, y in anchored:
+                    f"Inside `{a.path}` the models are nested differently; the {len(anchored)} layer calls that "
+                    f"correspond and {len(loose)} calls without weights of the same kinds were compared, the "
+                    "wrappers around them were not.")
+                for x, y in anchored + loose:
                     visit(x, y)
                 return
-            if len(wa) == len(wb) and wa:
-                left = [c for c in ca if not c.has_params] + [c for c in cb if not c.has_params]
+            pairs, rest_a, rest_b = [], ca, cb  # nested differently and not resolved: by order, as the seeds do
+        if len(rest_a) != len(rest_b):
+            wa = [c for c in rest_a if c.has_params]
+            wb = [c for c in rest_b if c.has_params]
+            if len(wa) == len(wb) and (wa or pairs):
+                left = [c for c in rest_a if not c.has_params] + [c for c in rest_b if not c.has_params]
                 result.unpaired.extend(left)
                 result.notes.append(
                     f"Inside `{a.path}` the models call a different number of sublayers "
                     f"({ref_label}: {len(ca)}, {test_label}: {len(cb)}); the calls without weights "
                     f"({_describe(left)}) were left out of the comparison and the rest paired in order."
                 )
-                ca, cb = wa, wb
+                rest_a, rest_b = wa, wb
             else:
                 raise PadiffError(
                     "The two models are built differently: padiff pairs sublayer calls in the order "
@@ -132,7 +292,7 @@ def pair_traces(ref: Trace, test: Trace, *, ref_label: str, test_label: str,
                     "differing parts with a LayerMap (layer_map.map = {a: b}) so they are compared as "
                     "a whole."
                 )
-        for x, y in zip(ca, cb):
+        for x, y in pairs + list(zip(rest_a, rest_b)):
             visit(x, y)
 
     visit(ref.root, test.root)

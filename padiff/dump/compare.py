@@ -71,7 +71,8 @@ def compare_dumps(path_a, path_b, options=None, **kwargs) -> AlignResult:
         ref_run = SideRun(ref_d.trace(step, api=api), {l.src_path: ref_d.grad(l.src_tensor, step) for l in links}, None)
         test_run = SideRun(test_d.trace(step, api=api), {l.dst_path: test_d.grad(l.dst_tensor, step) for l in links},
                            None)
-        sr = _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, None)
+        sr = _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, None,
+                           layer_pairs=plan.layer_pairs() if plan.ok else ())
         if ref_d.use_loss == test_d.use_loss and (opts.check_backward or opts.use_loss):
             sr.loss = _loss_finding(ref_run, test_run, opts.use_loss, opts, step)
         if opts.use_opt:

@@ -10,7 +10,6 @@ weight pairing of ``padiff.weights.assign`` runs on a dump as on a live model.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -50,23 +49,6 @@ class LazyRecord(TensorRecord):
 
     def __repr__(self) -> str:
         return f"LazyRecord({self.file!r}, dtype={self.dtype!r}, shape={self.shape})"
-
-
-class StoredValue:
-    """A non-tensor value that was not plain data, kept as its type and repr (addresses dropped)."""
-
-    def __init__(self, type_name: str, text: str):
-        self.type_name = type_name
-        self.text = re.sub(r" at 0x[0-9a-fA-F]+", "", text)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, StoredValue) and (self.type_name, self.text) == (other.type_name, other.text)
-
-    def __hash__(self) -> int:
-        return hash((self.type_name, self.text))
-
-    def __repr__(self) -> str:
-        return self.text
 
 
 @dataclass(frozen=True)
@@ -111,6 +93,7 @@ class DumpLayer:
         self.children: List[Tuple[str, "DumpLayer"]] = []
         self.params: List[Tuple[str, DumpTensor]] = []
         self.buffers: List[Tuple[str, DumpTensor]] = []
+        self.transient: set = set()  # own buffers a checkpoint leaves out
 
     def __repr__(self) -> str:
         return self.text
@@ -174,6 +157,9 @@ class DumpAdapter:
     def own_buffers(self, layer):
         return list(layer.buffers)
 
+    def transient_buffers(self, layer):
+        return set(layer.transient)
+
     def all_params(self, layer):
         return _named(layer, "params")
 
@@ -223,6 +209,7 @@ class Dump:
             layer.children = [(n, self.layers[i]) for n, i in e["children"]]
             layer.params = [(n, self.tensors[i]) for n, i in e["params"]]
             layer.buffers = [(n, self.tensors[i]) for n, i in e["buffers"]]
+            layer.transient = set(e.get("transient", ()))  # older dumps do not say: all persistent
         self.model: DumpLayer = self.layers[0]
         self.adapter = DumpAdapter(self)
 
@@ -262,11 +249,13 @@ class Dump:
             if shared is not None:
                 shared[key] = rec
             return rec
+        if kind == "object":
+            return TensorRecord.object(entry["dtype"])
         value = entry.get("value")
         if isinstance(value, dict) and "complex" in value:
             value = complex(*value["complex"])
-        elif isinstance(value, dict):
-            value = StoredValue(value.get("type", "?"), value.get("repr", "?"))
+        elif isinstance(value, dict):  # an object, as dumps before format "object" entries kept it
+            return TensorRecord.object(value.get("type", entry["dtype"]))
         if isinstance(value, (bool, int, float, complex)):
             return TensorRecord(np.asarray(value), entry["dtype"], (), value, False)
         return TensorRecord(None, entry["dtype"], (), value, False)

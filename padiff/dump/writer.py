@@ -260,6 +260,8 @@ class _Writer:
                      "file": written if written is not None else self.array(rec.array, rel)}
             self._seen[id(rec)] = (rec, entry)
             return dict(entry)
+        if rec.is_object:  # only its type: objects are never stored, nor compared
+            return {"kind": "object", "dtype": rec.dtype}
         return {"kind": "value", "dtype": rec.dtype, "value": _jsonable(rec.value)}
 
     def forget(self) -> None:
@@ -624,7 +626,8 @@ def _layer_table(side: Side):
                  "container": bool(ad.is_container(layer)), "training": bool(ad.is_training(layer)),
                  "repr": ad.layer_repr(layer), "children": [],
                  "params": [[n, tensor(t, f"{path}.{n}", True)] for n, t in ad.own_params(layer)],
-                 "buffers": [[n, tensor(t, f"{path}.{n}", False)] for n, t in ad.own_buffers(layer)]}
+                 "buffers": [[n, tensor(t, f"{path}.{n}", False)] for n, t in ad.own_buffers(layer)],
+                 "transient": sorted(ad.transient_buffers(layer))}
         layers.append(entry)
         for cname, child in reversed(ad.named_children(layer)):
             stack.append((child, f"{path}.{cname}", entry, cname))

@@ -183,6 +183,11 @@ class Adapter:
         tensor.stop_gradient = False
         return tensor
 
+    def alias(self, tensor):
+        """A copy that is not a leaf: its gradient reaches ``tensor``, and an in-place op
+        (ReLU(inplace=True)) may change it where it may not change a leaf."""
+        return tensor.clone()
+
     def tensor_grad(self, tensor):
         return tensor.grad
 

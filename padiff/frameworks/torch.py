@@ -177,6 +177,11 @@ class Adapter:
     def mark_requires_grad(self, tensor):
         return tensor.requires_grad_(True)
 
+    def alias(self, tensor):
+        """A copy that is not a leaf: its gradient reaches ``tensor``, and an in-place op
+        (ReLU(inplace=True)) may change it where it may not change a leaf."""
+        return tensor.clone()
+
     def tensor_grad(self, tensor):
         return tensor.grad
 

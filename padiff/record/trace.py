@@ -10,21 +10,46 @@ import numpy as np
 
 @dataclass
 class TensorRecord:
-    """One recorded value: a numpy copy of a tensor, or a plain (non-tensor) value."""
+    """One recorded value: a numpy copy of a tensor, a plain (non-tensor) value, or the type
+    name of an object.
+
+    Plain values (None, numbers, strings, numeric numpy arrays: ``structure.is_plain``) are
+    kept and compared. Any other value is an *object* (a cache, a config): only its type name
+    is kept (``is_object``, ``dtype``), so a record never holds on to the user's objects, a
+    dump never stores them, and nothing calls their ``==``."""
 
     array: Optional[np.ndarray]  # None for non-tensor values
     dtype: str  # the framework's dtype name ("float32", "bfloat16", ...) or the Python type
     shape: Tuple[int, ...] = ()
     value: Any = None  # the plain value when array is None
     is_tensor: bool = True
+    is_object: bool = False  # a non-tensor, non-plain value: only its type name (dtype) is kept
 
     @classmethod
     def plain(cls, value) -> "TensorRecord":
         if isinstance(value, (bool, int, float, complex, np.generic)):
             return cls(np.asarray(value), type(value).__name__, (), value, False)
-        if isinstance(value, np.ndarray):
+        if isinstance(value, np.ndarray) and value.dtype != object:
             return cls(value.copy(), str(value.dtype), tuple(value.shape), None, False)
-        return cls(None, type(value).__name__, (), value, False)
+        if value is None or isinstance(value, (str, bytes)):
+            return cls(None, type(value).__name__, (), value, False)
+        return cls.object(type(value).__name__)
+
+    @classmethod
+    def object(cls, type_name: str) -> "TensorRecord":
+        return cls(None, type_name, (), None, False, True)
+
+    @property
+    def kind(self) -> str:
+        """"tensor", "number" (a plain number or numeric array: compared as an array),
+        "text" (str/bytes: compared with ==), "none" or "object" (never compared)."""
+        if self.is_tensor:
+            return "tensor"
+        if self.is_object:
+            return "object"
+        if self.array is not None:
+            return "number"
+        return "none" if self.value is None else "text"
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,12 @@ class WeightPlan:
     matches: List[Tuple[str, str, str, str, str]] = field(default_factory=list)  # by structure: paths, classes, how
     order_failure: Optional[CopyFailure] = None  # why registration order did not pair them
     notes: List[str] = field(default_factory=list)
-    inner_pairs: List[Tuple[object, object]] = field(default_factory=list)  # (src layer, dst layer) inside whole pairs
+    inner_pairs: List[Tuple[str, str]] = field(default_factory=list)  # (src path, dst path) inside whole pairs
+
+    def layer_pairs(self) -> List[Tuple[str, str]]:
+        """(source path, destination path) of every pair of layers the plan pairs: units and
+        the layers paired inside units copied as a whole."""
+        return [(su.path, du.path) for su, du in self.unit_pairs] + list(self.inner_pairs)
 
     @property
     def ok(self) -> bool:
@@ -130,7 +135,7 @@ class Ctx:
     layer_map: object = None
     values: Optional[Dict[int, np.ndarray]] = None
     _compat: Dict[tuple, bool] = field(default_factory=dict)
-    inner_pairs: List[Tuple[object, object]] = field(default_factory=list)  # layers paired inside whole pairs
+    inner_pairs: List[Tuple[str, str]] = field(default_factory=list)  # paths of layers paired inside whole pairs
 
     def value(self, tensor) -> np.ndarray:
         arr = self.values.get(id(tensor)) if self.values is not None else None
@@ -231,7 +236,7 @@ def _decompose(ctx: Ctx, s_layer, d_layer, s_path: str, d_path: str) -> List[Con
     out = list(split)
     for m in found.pairs:
         a, b = m.src, m.dst
-        ctx.inner_pairs.append((a.layer, b.layer))
+        ctx.inner_pairs.append((a.path, b.path))
         conv = convert_pair(ctx, a.layer, b.layer, _node_tensors(ctx.src_ad, a), _node_tensors(ctx.dst_ad, b),
                             whole=not (a.own or b.own), s_path=a.path, d_path=b.path)
         out += [replace(c, src_name=_join(a.rel, c.src_name), dst_name=_join(b.rel, c.dst_name)) for c in conv]
