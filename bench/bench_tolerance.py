@@ -14,7 +14,9 @@ Prints, per clean pair, false alarms / seeds, the worst use of the tolerance ove
 comparisons (1.0 = at the limit) and the runs where a near-tie flip was tolerated; per bug,
 caught / seeds, named at the right layer / seeds, and the weakest evidence: over the seeds, the
 smallest of the largest tolerance use in the run (how far above the limit the mildest instance
-of the bug went).
+of the bug went). "Named" is where padiff points: the first difference, or, where the chosen
+tolerance let the start of the divergence through and a later check failed, the likely origin
+(the pair run with ``atol=rtol=1e-4``).
 """
 
 from __future__ import annotations
@@ -44,19 +46,10 @@ from padiff import auto_diff  # noqa: E402
 
 
 def tolerance_use(diff) -> float:
-    """How much of its tolerance a comparison used (above 1.0 it fails): the larger of the
-    greatest difference over what was allowed there and the relative L2 error over its limit
-    (left out where the floor, not the scale, decided: noise-sized gradients)."""
-    if diff.problem is not None:
-        return math.inf
-    uses = []
-    if not diff.flips:
-        uses.append(diff.max_abs / diff.allowed_at_max if diff.allowed_at_max > 0 else
-                    (0.0 if diff.max_abs == 0 else math.inf))
-    tol = diff.tolerance
-    if tol is not None and tol.auto and tol.l2 and not tol.floor > tol.atol * diff.scale:
-        uses.append(diff.rel_l2_rest / tol.l2)
-    return max(uses, default=0.0)
+    """How much of its tolerance a comparison used (above 1.0 it fails), by the criterion that
+    bound (``TensorDiff.tolerance_use``: elementwise, relative L2, or the rounding floor where
+    the floor allowed more, as for noise-sized gradients)."""
+    return diff.tolerance_use()[0]
 
 
 OPTIONS = {}  # log_dir, and --atol/--rtol: the same runs with a fixed tolerance
@@ -94,9 +87,9 @@ def bench_bug(bug, seeds):
             wrong.append(f"seed {seed}: not caught")
             continue
         caught += 1
-        f = result.first
-        path = f.ref_node.path if f.ref_node is not None else f.ref_path
-        if f.stage == bug.stage and (not bug.layer or path == bug.layer):
+        f, paths = tm.pointed_at(result)
+        path = paths[0]
+        if f.stage == bug.stage and (not bug.layer or bug.layer in paths):
             named += 1
         else:
             wrong.append(f"seed {seed}: {f.stage} {path} {f.what}")

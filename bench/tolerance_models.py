@@ -250,6 +250,249 @@ def _eval(case: Case) -> Case:
     return case
 
 
+# --- one definition, both frameworks: the pairs added for per-tensor rounding context -------
+
+from types import SimpleNamespace  # noqa: E402
+
+TORCH = SimpleNamespace(
+    name="torch", Layer=torch.nn.Module, List=torch.nn.ModuleList, Linear=torch.nn.Linear,
+    LayerNorm=torch.nn.LayerNorm, Embedding=torch.nn.Embedding, Parameter=torch.nn.Parameter,
+    f32=lambda t: t.to(torch.float32), rsqrt=torch.rsqrt, silu=TF.silu, gelu=TF.gelu,
+    softmax=lambda t: torch.softmax(t, dim=-1), t2=lambda t: t.transpose(-1, -2),
+    heads=lambda t, h: t.reshape(t.shape[0], t.shape[1], h, -1).transpose(1, 2),
+    merge=lambda t: t.transpose(1, 2).reshape(t.shape[0], t.shape[2], -1),
+    Act=lambda bug=None: TorchAct(), ones=lambda n: torch.nn.Parameter(torch.ones(n)),
+    zeros=lambda n: torch.nn.Parameter(torch.zeros(n)))
+PADDLE = SimpleNamespace(
+    name="paddle", Layer=paddle.nn.Layer, List=paddle.nn.LayerList, Linear=paddle.nn.Linear,
+    LayerNorm=paddle.nn.LayerNorm, Embedding=paddle.nn.Embedding, Parameter=None,
+    f32=lambda t: t.astype("float32"), rsqrt=paddle.rsqrt, silu=PF.silu, gelu=PF.gelu,
+    softmax=lambda t: PF.softmax(t, axis=-1), t2=lambda t: t.transpose([0, 1, 3, 2]),
+    heads=lambda t, h: t.reshape([t.shape[0], t.shape[1], h, -1]).transpose([0, 2, 1, 3]),
+    merge=lambda t: t.transpose([0, 2, 1, 3]).reshape([t.shape[0], t.shape[2], -1]),
+    Act=lambda bug=None: PaddleAct(bug), ones=None, zeros=None)
+
+
+def _vector(fw, layer, name, n, one):
+    """A trainable vector ``name`` of ``n`` ones (or zeros) on ``layer``, in either framework."""
+    if fw.name == "torch":
+        setattr(layer, name, fw.ones(n) if one else fw.zeros(n))
+    else:
+        setattr(layer, name, layer.create_parameter(
+            [n], default_initializer=paddle.nn.initializer.Constant(1.0 if one else 0.0)))
+
+
+def rms_norm(fw, dim, eps=1e-6, offset=False):
+    """HF's RMSNorm as transformers writes it (Llama: ``weight * x / rms``; Gemma 3, with
+    ``offset``: ``(1 + weight) * x / rms``, weight from 0), in float32 whatever the input."""
+
+    class RMSNorm(fw.Layer):
+        def __init__(self):
+            super().__init__()
+            _vector(fw, self, "weight", dim, not offset)
+            self.eps = eps
+
+        def forward(self, x):
+            h = fw.f32(x)
+            variance = h.pow(2).mean(-1, keepdim=True)
+            h = h * fw.rsqrt(variance + self.eps)
+            return (1.0 + self.weight) * h if offset else self.weight * h
+
+    return RMSNorm()
+
+
+def rmsnorm_stack(fw, bug=None, dim=32, depth=4, classes=8, bug_block=2):
+    """A large-gradient norm next to small-gradient layers: an RMSNorm after a small output
+    (Gemma's sandwich norm ``post_norm``, after ``fc2`` with weights at 0.02) carries gradients
+    of 10 to 20 in its variance path while the median layer's gradient is 3e-3. Blocks
+    of ``x + post_norm(fc2(act(fc1(norm(x)))))``, ``act``
+    the custom op x * sigmoid(x) with a hand-written backward (``wrong_backward``: a term
+    dropped in block ``bug_block``; ``rms_eps``: that block's ``post_norm`` epsilon 1e-5, not 1e-6)."""
+
+    class Block(fw.Layer):
+        def __init__(self, bug=None):
+            super().__init__()
+            self.norm = rms_norm(fw, dim)
+            self.fc1 = fw.Linear(dim, 2 * dim)
+            self.act = fw.Act(bug)
+            self.fc2 = fw.Linear(2 * dim, dim)
+            self.post_norm = rms_norm(fw, dim, eps=1e-5 if bug == "rms_eps" else 1e-6)
+
+        def forward(self, x):
+            return x + self.post_norm(self.fc2(self.act(self.fc1(self.norm(x)))))
+
+    class RMSNormStack(fw.Layer):
+        def __init__(self):
+            super().__init__()
+            self.blocks = fw.List([Block(bug if i == bug_block else None) for i in range(depth)])
+            self.norm = rms_norm(fw, dim)
+            self.head = fw.Linear(dim, classes)
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return self.head(self.norm(x))
+
+    return RMSNormStack()
+
+
+def hf_decoder(fw, bug=None, vocab=96, dim=32, heads=4, head_dim=8, hidden=64, depth=2, bug_block=0):
+    """HF-style decoder layers in the Gemma 3 manner (largest gradient 1.5e3 to 5e3, the median
+    layer's 0.02): embedding (scale 0.02), RMSNorm before
+    and after attention and MLP, per-head ``q_norm``/``k_norm`` RMSNorms with ``1 + weight``,
+    a gated SiLU MLP, a final RMSNorm. The injected bug: ``k_norm``'s epsilon x10 in one layer
+    (the issue's Gemma 3 case)."""
+
+    def norm(n, eps=1e-6):
+        return rms_norm(fw, n, eps=eps, offset=True)
+
+    class Attention(fw.Layer):
+        def __init__(self, bug=None):
+            super().__init__()
+            self.q_proj = fw.Linear(dim, heads * head_dim)
+            self.k_proj = fw.Linear(dim, heads * head_dim)
+            self.v_proj = fw.Linear(dim, heads * head_dim)
+            self.o_proj = fw.Linear(heads * head_dim, dim)
+            self.q_norm = norm(head_dim)
+            self.k_norm = norm(head_dim, 1e-5 if bug == "k_norm_eps" else 1e-6)
+
+        def forward(self, x):
+            q = self.q_norm(fw.heads(self.q_proj(x), heads))
+            k = self.k_norm(fw.heads(self.k_proj(x), heads))
+            v = fw.heads(self.v_proj(x), heads)
+            att = fw.softmax(q @ fw.t2(k) * head_dim ** -0.5)
+            return self.o_proj(fw.merge(att @ v))
+
+    class MLP(fw.Layer):
+        def __init__(self):
+            super().__init__()
+            self.gate_proj = fw.Linear(dim, hidden)
+            self.up_proj = fw.Linear(dim, hidden)
+            self.down_proj = fw.Linear(hidden, dim)
+
+        def forward(self, x):
+            return self.down_proj(fw.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    class DecoderLayer(fw.Layer):
+        def __init__(self, bug=None):
+            super().__init__()
+            self.input_layernorm = norm(dim)
+            self.self_attn = Attention(bug)
+            self.post_attention_layernorm = norm(dim)
+            self.pre_feedforward_layernorm = norm(dim)
+            self.mlp = MLP()
+            self.post_feedforward_layernorm = norm(dim)
+
+        def forward(self, x):
+            x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x)))
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+
+    class Decoder(fw.Layer):
+        def __init__(self):
+            super().__init__()
+            self.embed_tokens = fw.Embedding(vocab, dim)
+            self.layers = fw.List([DecoderLayer(bug if i == bug_block else None) for i in range(depth)])
+            self.norm = norm(dim)
+
+        def forward(self, input_ids):
+            x = self.embed_tokens(input_ids)
+            for layer in self.layers:
+                x = layer(x)
+            return self.norm(x)
+
+    return Decoder()
+
+
+def act_transformer(fw, bug=None, dim=64, heads=4, hidden=128, depth=6, bug_block=3):
+    """Pre-norm Transformer blocks whose MLP activation is a custom autograd op (x * sigmoid(x)
+    with a hand-written backward; ``wrong_backward`` drops a term in block ``bug_block``)."""
+
+    class Attention(fw.Layer):
+        def __init__(self):
+            super().__init__()
+            self.q = fw.Linear(dim, dim)
+            self.k = fw.Linear(dim, dim)
+            self.v = fw.Linear(dim, dim)
+            self.o = fw.Linear(dim, dim)
+
+        def forward(self, x):
+            q, k, v = fw.heads(self.q(x), heads), fw.heads(self.k(x), heads), fw.heads(self.v(x), heads)
+            att = fw.softmax(q @ fw.t2(k) * (dim // heads) ** -0.5)
+            return self.o(fw.merge(att @ v))
+
+    class Block(fw.Layer):
+        def __init__(self, bug=None):
+            super().__init__()
+            self.ln1 = fw.LayerNorm(dim)
+            self.attn = Attention()
+            self.ln2 = fw.LayerNorm(dim)
+            self.fc1 = fw.Linear(dim, hidden)
+            self.act = fw.Act(bug)
+            self.fc2 = fw.Linear(hidden, dim)
+
+        def forward(self, x):
+            x = x + self.attn(self.ln1(x))
+            return x + self.fc2(self.act(self.fc1(self.ln2(x))))
+
+    class ActTransformer(fw.Layer):
+        def __init__(self):
+            super().__init__()
+            self.layers = fw.List([Block(bug if i == bug_block else None) for i in range(depth)])
+            self.head = fw.Linear(dim, dim)
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return self.head(x)
+
+    return ActTransformer()
+
+
+def _twins(build, seed, bug, **kw):
+    """(paddle model with the bug, torch model), torch's weights drawn from ``seed``."""
+    _seed(seed)
+    return build(PADDLE, bug, **kw), build(TORCH, None, **kw)
+
+
+def _hf_init(torch_model, seed):
+    """transformers' initialisation: Linear and Embedding weights from N(0, 0.02), biases 0;
+    RMSNorm weights moved off their 1 / 0 start by N(0, 0.1), so that copying them matters.
+    Activations then stay small, and an RMSNorm after a small output carries gradients 1e3 to
+    1e5 times those of the layers around it in its variance path."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in torch_model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                p.normal_(0.0, 0.02, generator=g)
+
+
+def rmsnorm_case(seed: int, bug: Optional[str] = None) -> Case:
+    p, t = _twins(rmsnorm_stack, seed, bug)
+    _hf_init(t, seed)
+    x = (0.02 * np.random.default_rng(seed).standard_normal((4, 8, 32))).astype("float32")
+    return Case((p, t), _pair_inputs(x))
+
+
+def hf_decoder_case(seed: int, bug: Optional[str] = None) -> Case:
+    p, t = _twins(hf_decoder, seed, bug)
+    _hf_init(t, seed)
+    ids = np.random.default_rng(seed).integers(1, 96, size=(2, 8)).astype("int64")
+    return Case((p, t), _pair_inputs(ids, "input_ids"))
+
+
+def act_transformer_case(seed: int, bug: Optional[str] = None) -> Case:
+    """The issue's case: with the seeds' usual ``atol=1e-4, rtol=1e-4`` a wrong custom-op
+    backward in block 3 passes every layer check (its gradients are below 1e-4) and the run
+    fails at a parameter gradient; padiff must name ``layers.3.act`` as the likely origin."""
+    p, t = _twins(act_transformer, seed, bug)
+    x = np.random.default_rng(seed).standard_normal((4, 16, 64)).astype("float32")
+    return Case((p, t), _pair_inputs(x), dict(atol=1e-4, rtol=1e-4))
+
+
 PAIRS: Dict[str, Callable[[int, Optional[str]], Case]] = {
     "conv-BN-ReLU x8 (train-mode BN)": convbn_case,
     "Transformer encoder (4 blocks)": lambda s, b=None: _eval(transformer_case(s, b)),
@@ -257,6 +500,9 @@ PAIRS: Dict[str, Callable[[int, Optional[str]], Case]] = {
     "LSTM (2 layers) + custom op, 2 SGD steps": lstm_case,
     "examples ConvNet (train-mode BN)": example_convnet_case,
     "examples Encoder": lambda s, b=None: _eval(example_encoder_case(s, b)),
+    "RMSNorm stack (large-gradient norm)": lambda s, b=None: _eval(rmsnorm_case(s, b)),
+    "HF-style decoder, Gemma 3 RMSNorms": lambda s, b=None: _eval(hf_decoder_case(s, b)),
+    "Transformer + custom op, atol=1e-4": lambda s, b=None: _eval(act_transformer_case(s, b)),
 }
 CLEAN = list(PAIRS)
 
@@ -283,4 +529,23 @@ BUGS = [
     Bug("SGD momentum 0.8 (not 0.9)", CLEAN[2], "momentum", "weight", ""),
     Bug("examples ConvNet: BatchNorm epsilon 1e-2", CLEAN[3], "bn_epsilon", "forward",
         "TorchConvNet.layers.1.bn1"),
+    Bug("RMSNorm stack: wrong custom-op backward", CLEAN[5], "wrong_backward", "backward",
+        "RMSNormStack.blocks.2.act"),
+    Bug("RMSNorm stack: epsilon 1e-5 (not 1e-6)", CLEAN[5], "rms_eps", "forward",
+        "RMSNormStack.blocks.2.post_norm"),
+    Bug("HF-style decoder: k_norm epsilon x10", CLEAN[6], "k_norm_eps", "forward",
+        "Decoder.layers.0.self_attn.k_norm"),
+    Bug("custom-op backward, atol=rtol=1e-4 (origin)", CLEAN[7], "wrong_backward", "backward",
+        "ActTransformer.layers.3.act"),
 ]
+
+
+def pointed_at(result):
+    """(finding, layer paths) padiff points at in a failed run: the likely origin where the
+    chosen tolerance let the start of the divergence through and a later check failed (with
+    the layers whose backward computed it, for an output gradient), else the first difference."""
+    origin = result.likely_origin
+    f = origin.finding if origin is not None else result.first
+    path = f.ref_node.path if f.ref_node is not None else f.ref_path
+    readers = [r.split(" (call ")[0] for r in origin.readers] if origin is not None else []
+    return f, [path] + readers

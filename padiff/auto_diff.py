@@ -15,11 +15,14 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .compare.engine import (compare_backward, compare_forward, compare_links, gap_notes, gradient_scale,
+from .compare.context import GradientContext
+from .compare.engine import (compare_backward, compare_forward, compare_outputs, compare_links, gap_notes,
                              largest_magnitude)
 from .compare.metrics import TensorDiff, compare_arrays, compare_records, explained_error, tolerance_for
+from .compare.origin import step_origin
 from .compare.overlap import Arrivals, Background, wants_overlap
-from .compare.pairing import correspondence, layer_paths, pair_traces
+from .compare.pairing import (composite_boundaries, correspondence, layer_paths, pair_traces,
+                              shift_fused_activations)
 from .compare.result import AlignResult, Finding, StepResult
 from .errors import PadiffError
 from .frameworks import adapter_for
@@ -355,7 +358,7 @@ def single_step_findings(pairing, ref_run: SideRun, test_run: SideRun, ref: Side
     replayer = Replayer(test.adapter, test_run.walk.layers, test.model)
     own = Replayer(ref.adapter, ref_run.walk.layers, ref.model) if opts.check_backward else None
     fwd, bwd = [], []
-    grad_scale = gradient_scale(ref_run.trace.backward_events())
+    rounding = GradientContext(ref_run.trace.backward_events())
     sides = [test, ref] if opts.check_backward else [test]
     kept = []
     try:
@@ -384,7 +387,7 @@ def single_step_findings(pairing, ref_run: SideRun, test_run: SideRun, ref: Side
                 # where a port may take x
                 theirs = {k: g for (k, _), (_, g) in zip(mine, got.distinct_grads())}
                 bwd += compare_grads(a, b, dict(mine), theirs, opts, step, "input gradient (own, single step)",
-                                     context=grad_scale)
+                                     context=lambda rec, node=a: rounding.for_own(node, rec))
     finally:
         for s, snapshot, grads in kept:
             _restore(s, snapshot)
@@ -445,7 +448,7 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
         notes.append("single_step with diff_phase including backward runs every layer once more, and the "
                      "reference's layers without sublayers too, to feed them the reference's output gradient.")
 
-    plan = plan_copy(ref, test, layer_map)
+    plan = plan_copy(ref, test, layer_map, probe=(calls[ref_i], calls[1 - ref_i]))  # probe: fused layouts
     notes.extend(plan.notes)
     if opts.auto_weights:
         if not plan.ok:
@@ -461,13 +464,14 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
                      f"compared: {plan.failure.message}")
     links = [l for l in plan.links if l.is_param] if plan.ok else []
     layer_pairs = plan.layer_pairs() if plan.ok else []
+    fused = [p for group in plan.fused_layers() for paths in group for p in paths] if plan.ok else []
     out(*console.notes_block(notes))
 
     result = AlignResult(False, options=opts, ref_label=ref.label, test_label=test.label, notes=list(notes))
     reprs = lambda link: (ref.adapter.layer_repr(link.src_unit.layer), test.adapter.layer_repr(link.dst_unit.layer))
     need_loss = opts.check_backward or loss_fns is not None
     started = time.monotonic()
-    param_paths = {ref_i: [(l.src_path, l.src_tensor) for l in links],
+    param_paths = {ref_i: [(s.src_path, s.src_tensor) for l in links for s in l.sources()],
                    1 - ref_i: [(l.dst_path, l.dst_tensor) for l in links]}
     # Compare while the tested model runs its backward when its framework leaves a core idle
     # (single-step mode replays the tested model after its run, so it compares afterwards).
@@ -491,7 +495,7 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
                 def start(test_run):
                     compared.append(Background(
                         lambda: _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_map,
-                                              layer_pairs=layer_pairs,
+                                              layer_pairs=layer_pairs, fused=fused,
                                               ready=arrivals.ready if arrivals else None), threaded))
 
                 try:
@@ -534,10 +538,15 @@ def end_step(result: AlignResult, sr: StepResult, out, opts):
     (the run stops there) or None. Shared with the offline compare."""
     shown = {n for earlier in result.steps for n in earlier.notes}  # a note repeated each step: once
     result.steps.append(sr)
-    out(f"{P} Max elementwise output diff is {sr.max_output_diff}")
+    out(f"{P} Max elementwise output diff is {sr.max_output_diff} (the model's final output)")
     out(*console.notes_block([n for n in sr.notes if n not in shown]))
     result.first = sr.first_failure
+    # Where the error jumped, apart from the verdict (single-step comparisons are each a
+    # layer's own: nothing to trace back there).
+    sr.likely_origin = None if opts.single_step else step_origin(sr)
     if result.first is not None:
+        result.likely_origin = next((s.likely_origin for s in result.steps
+                                     if s.likely_origin is not None and s.likely_origin.let_through), None)
         return result.first
     if opts.check_forward:
         out(f"{P} forward stage compared.")
@@ -592,11 +601,12 @@ def weight_findings(links, grad_findings, read_ref, read_test, opts, step, reprs
 
 
 def _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_map, ready=None,
-                  layer_pairs=()) -> StepResult:
+                  layer_pairs=(), fused=()) -> StepResult:
     """Pair and compare one step. ``ready(node, kind)`` (see :class:`~padiff.compare.overlap.Arrivals`)
     waits for gradients of the tested run that may still be coming: the comparison can then
     start as soon as the tested model's forward is recorded. ``layer_pairs`` (reference path,
-    tested path) are the layers the weight plan paired: their calls pair with each other."""
+    tested path) are the layers the weight plan paired: their calls pair with each other;
+    ``fused``, the paths of fused projections and their parts, whose calls have no partner."""
     sr = StepResult(step, ref_trace=ref_run.trace, test_trace=test_run.trace)
     mapped, ignored = {}, set()
     if layer_map is not None:
@@ -605,10 +615,16 @@ def _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_
             mapped[id(b)] = id(a)
         ignored = {key for run in (ref_run, test_run) for key, layer in run.walk.layers.items()
                    if layer_map.is_ignored(layer)}
-    corr = correspondence(layer_paths(ref_run.trace), layer_paths(test_run.trace), list(layer_pairs))
+    ref_paths, test_paths = layer_paths(ref_run.trace), layer_paths(test_run.trace)
+    corr = correspondence(ref_paths, test_paths, list(layer_pairs))
+    fused_keys = {k for paths in (ref_paths, test_paths) for k, path in paths.items() if path in set(fused)}
     wrap = _skip_fn(opts)
     pairing = pair_traces(ref_run.trace, test_run.trace, ref_label=ref.label, test_label=test.label,
-                          skip=lambda n: n.layer_key in ignored or wrap(n), mapped=mapped, corr=corr, kind=family)
+                          skip=lambda n: n.layer_key in ignored or wrap(n), mapped=mapped, corr=corr, kind=family,
+                          alone=fused_keys)
+    composite_boundaries(pairing)
+    shift_fused_activations(pairing, ref_run.trace.nodes, lambda a, b: all(
+        f.passed for f in compare_outputs(a, b, a.outputs, b.outputs, opts, step)))
     sr.pairing = pairing
     sr.notes.extend(pairing.notes)
     memo: dict = {}  # one step's comparisons of identical record pairs
@@ -628,9 +644,10 @@ def _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_
     else:
         sr.forward = forward if opts.check_forward else []
         if opts.check_backward:
-            grad_scale = gradient_scale(ref_run.trace.backward_events())
+            rounding = GradientContext(ref_run.trace.backward_events())
             sr.backward = compare_backward(pairing, ref_run.trace.backward_events(), opts, step, memo,
-                                           context=grad_scale, ready=ready)
+                                           context=rounding, ready=ready, notes=sr.notes,
+                                           near_ties=all(f.passed for f in forward))
         sr.forward, sr.backward, moved = _api_within_failing_layers(sr.forward, sr.backward)
         if moved:
             sr.notes.append(
@@ -641,12 +658,20 @@ def _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_
         if ready is not None:
             ready()  # the tested run's parameter gradients are read after its backward
         sr.grads = compare_links(links, lambda l: ref_run.grads.get(l.src_path), lambda l: test_run.grads.get(l.dst_path),
-                                 "grad", "grad", opts, step, reprs, context=grad_scale,
+                                 "grad", "grad", opts, step, reprs, context=_parameter_context(rounding),
                                  explained=explained_error(f.diff for f in sr.backward))
         for f in sr.grads:
             if not f.passed:
                 f.cause = "Parameter gradient differs: a backward difference."
     return sr
+
+
+def _parameter_context(rounding: GradientContext):
+    """``context(link, reference record)`` for parameter gradients: from the calls of the
+    layer (or layers, for a fused parameter) that holds the reference's parameter."""
+    def context(link, rec):
+        return max(rounding.for_parameter(s.src_unit.key, s.src_unit.path, rec) for s in link.sources())
+    return context
 
 
 def _api_within_failing_layers(forward, backward):
@@ -718,7 +743,7 @@ def _render_failure(result: AlignResult, out, ref, test, ref_i, opts):
     sr = result.steps[-1]
     first = result.first
     lines, files = console.failure_block(first, sr, ref_side=ref, test_side=test, first_is_ref=(ref_i == 0),
-                                         options=opts, log_dir=opts.log_dir)
+                                         options=opts, log_dir=opts.log_dir, origin=result.likely_origin)
     out(*lines)
     result.log_files.extend(files)
     if opts.single_step:

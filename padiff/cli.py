@@ -183,7 +183,7 @@ COMMANDS: Dict[str, Tuple[Callable[[Sequence[str]], int], str]] = {
     "compare": (compare_main, "compare two dumps (padiff.dump) layer by layer, or two array files"),
     "report": (report_main, "compare two reprod_log files, as ReprodDiffHelper.report"),
     "checkpoints": (checkpoints_main, "check the reproduction guide's five acceptance checkpoints in a folder"),
-    "convert": (convert_main, "convert a torch checkpoint into a paddle .pdparams file"),
+    "convert": (convert_main, "convert a checkpoint between torch and paddle (.safetensors, .pth, .pdparams)"),
 }
 
 

@@ -97,7 +97,7 @@ def test_round_trip_through_both_models_with_auto_map(tmp_path):
     assert table.counts()["dropped"] == 6 and table.counts()["unmatched"] == 0
     assert f"[padiff convert] {src} -> {dst} (mapped through both models)" in text
     assert "  fc.weight " in text and "transposed  head.weight" in text
-    assert f"[padiff convert] Wrote {dst} ({len(table.state)} keys)." in text
+    assert f"[padiff convert] Wrote {dst} ({len(table.keys)} keys)." in text
 
 
 def test_without_a_map_structure_pairs_what_registration_order_does_not(tmp_path):
@@ -339,7 +339,7 @@ def test_cli_with_a_dotted_module_and_dry_run(tmp_path, capsys, monkeypatch):
 
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert main([str(tmp_path / "nope.pth"), str(tmp_path / "x.pdparams")]) == 2
-    assert f"padiff convert: error: The torch checkpoint `{tmp_path / 'nope.pth'}` does not exist." \
+    assert f"padiff convert: error: The checkpoint `{tmp_path / 'nope.pth'}` does not exist." \
         in capsys.readouterr().err
     torch.save(TorchNamesNet().state_dict(), tmp_path / "t.pth")
     assert main([str(tmp_path / "t.pth"), str(tmp_path / "x.pdparams"), "--paddle-model", "no_such_mod:f"]) == 2

@@ -176,16 +176,20 @@ def test_stack_of_blocks_built_differently_inside():
 
 
 def test_fused_qkv_linear_against_three_linears():
-    """A timm-style fused qkv Linear against separate q, k, v: auto pairs the attention blocks
-    as a whole and the fused weight is split by rows (and transposed)."""
+    """A timm-style fused qkv Linear against separate q, k, v: auto pairs the fused Linear with
+    the three (out projections by name) and the fused weight is split by rows (and transposed).
+    Without inputs to probe, assign_weight takes plain concatenation and says so."""
     seeded(9)
     t, p = TorchFusedBlock(), PaddleTransformerBlock()
     lm, res, table = _auto(p, t)
     assert bool(res), table
-    _row(table, "PaddleTransformerBlock.attention", "PaddleSelfAttention", "TorchFusedBlock.attn",
-         "TorchFusedAttention", "as a whole (parts split)")
+    _row(table, "PaddleTransformerBlock.attention.{q, k, v}", "Linear x3", "TorchFusedBlock.attn.qkv", "Linear",
+         "fused projection")
+    _row(table, "PaddleTransformerBlock.attention.proj", "Linear", "TorchFusedBlock.attn.proj", "Linear", "name")
     ok, text = _assign(p, t, lm)
     assert ok is True, text
+    assert ("Fused projections: torch `TorchFusedBlock.attn.qkv` is split into paddle "
+            "`PaddleTransformerBlock.attention.{q, k, v}`: concatenated [q | k | v], assumed, without inputs") in text
     np.testing.assert_array_equal(p.attention.v.weight.numpy(), t.attn.qkv.weight[32:].detach().numpy().T)
     assert max_diff(t, p, np.random.RandomState(13).rand(2, 5, 16).astype("float32")) < TOL
 

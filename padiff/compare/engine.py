@@ -8,6 +8,7 @@ from typing import Callable, Iterable, List, Optional, Tuple
 from ..record.spill import release
 from ..record.trace import Node, TensorRecord
 from ..structure import pair_flat, show_id
+from .context import GradientContext
 from .metrics import TensorDiff, compare_records, explained_error, tolerance_for
 from .pairing import Pairing
 from .result import Finding
@@ -19,12 +20,12 @@ def _compare_once(test_rec: TensorRecord, ref_rec: TensorRecord, tol, mode: str,
     framework call's output; a gradient reaches several hooks): ``memo``, a dict that lives
     for one step's comparison, makes each pair compared once."""
     if memo is None or test_rec.array is None or ref_rec.array is None:
-        return compare_records(test_rec, ref_rec, tol, mode, broadcast)
+        return compare_records(test_rec, ref_rec, tol, mode, broadcast, layout=True)
     key = (id(test_rec), id(ref_rec), tol, mode, broadcast)
     hit = memo.get(key)
     if hit is not None and hit[0] is test_rec and hit[1] is ref_rec:
         return hit[2]
-    diff = compare_records(test_rec, ref_rec, tol, mode, broadcast)
+    diff = compare_records(test_rec, ref_rec, tol, mode, broadcast, layout=True)
     memo[key] = (test_rec, ref_rec, diff)
     release(test_rec.array)  # spilled records: their pages go back until needed again
     release(ref_rec.array)
@@ -165,9 +166,10 @@ def gap_notes(gaps: Iterable[OutputGap], ref_label: str = "reference", test_labe
 
 
 def compare_grads(a: Node, b: Node, ref_grads, test_grads, options, step: int, what: str,
-                  context: float = None) -> List[Finding]:
+                  context=None) -> List[Finding]:
     """Gradients keyed by id path; a gradient that reached only one side is a finding.
-    ``context``: the reference's largest gradient (:func:`gradient_scale`)."""
+    ``context``: the rounding context of the reference's gradients, a number or a function
+    of the reference's record (:meth:`GradientContext.for_own`)."""
     findings = []
     for k in ref_grads:
         if k not in test_grads:
@@ -175,7 +177,7 @@ def compare_grads(a: Node, b: Node, ref_grads, test_grads, options, step: int, w
                            detail=f"Only the reference model's {show_id(k, what)} received a gradient.")
         else:
             tol = tolerance_for(options, test_grads[k].dtype, ref_grads[k].dtype, a.path, stage="backward",
-                                context=context)
+                                context=context(ref_grads[k]) if callable(context) else context)
             d = compare_records(test_grads[k], ref_grads[k], tol, options.compare_mode)
         findings.append(Finding("backward", show_id(k, what), a.label(), b.label(), a.name, b.name, d, step,
                                 ref_node=a, test_node=b))
@@ -247,21 +249,26 @@ def compare_forward(pairing: Pairing, ref_order: List[Node], options, step: int,
     findings = []
     for a in ref_order:
         b = pairing.partner.get(id(a))
-        if b is not None:
+        if b is not None and pairing.only.get(id(a)) != "in":
             findings += compare_outputs(a, b, a.outputs, b.outputs, options, step, memo=memo, gaps=gaps)
     return findings
 
 
 def compare_backward(pairing: Pairing, ref_events: List[Tuple[Node, str]], options, step: int,
-                     memo=None, context: float = None, ready=None) -> List[Finding]:
+                     memo=None, context=None, ready=None, notes: list = None, near_ties: bool = True) -> List[Finding]:
     """The gradients of paired calls in the order the reference's backward reached them.
-    ``ready(test_node, kind)``, when given, waits until the tested node's gradients are in."""
+    ``ready(test_node, kind)``, when given, waits until the tested node's gradients are in.
+    ``context``: each reference gradient's rounding context (a :class:`GradientContext` of
+    ``ref_events``, made here when not given; a number: one context for every gradient).
+    ``near_ties=False`` tolerates no near-tie flip: where the forward outputs already differ,
+    a gradient that is zero in one model only is what that difference did (a ReLU mask moved)."""
     findings = []
-    context = gradient_scale(ref_events) if context is None else context
+    unshared: List[Tuple[Node, str, int, int]] = []  # input gradients left out (see _read_apart)
+    context = GradientContext(ref_events) if context is None else context
     explained = None  # the difference near-tie flips tolerated so far account for (see metrics)
     for a, kind in ref_events:
         b = pairing.partner.get(id(a))
-        if b is None:
+        if b is None or pairing.only.get(id(a)) == ("in" if kind == "exit" else "out"):
             continue
         if ready is not None:
             ready(b, kind)
@@ -278,6 +285,11 @@ def compare_backward(pairing: Pairing, ref_events: List[Tuple[Node, str]], optio
         else:
             la = _distinct_grads(a, ga)
             lb = _distinct_grads(b, gb)
+            if len(la) != len(lb) and _composite(a) and _composite(b):
+                # A list of tensors against one concatenated tensor (torch's _DenseLayer against
+                # paddle's DenseLayer): the layers' inputs are cut differently, not detached.
+                unshared.extend((a, k, len(la), len(lb)) for k, _ in la[:1])
+                continue
             extra = [(side, k, r) for side, lst, n in (("reference", la, len(lb)), ("tested", lb, len(la)))
                      for k, r in lst[n:] if not _all_zero(r)]
         if extra and a.parent is not None:
@@ -289,39 +301,84 @@ def compare_backward(pairing: Pairing, ref_events: List[Tuple[Node, str]], optio
             findings.append(Finding("backward", show_id(k, what), a.label(), b.label(), a.name, b.name, d, step,
                                     ref_node=a, test_node=b))
         for (k, rec_a), (k_b, rec_b) in zip(la, lb):
-            tol = tolerance_for(options, rec_b.dtype, rec_a.dtype, a.path, stage="backward", context=context,
-                                explained=explained)
+            if kind == "enter" and _read_apart(a, b, k, k_b, unshared):
+                continue
+            tol = tolerance_for(options, rec_b.dtype, rec_a.dtype, a.path, stage="backward",
+                                context=context.of(rec_a) if isinstance(context, GradientContext) else context,
+                                explained=explained, near_ties=near_ties)
             diff = _compare_once(rec_b, rec_a, tol, options.compare_mode, memo)
             explained = explained_error([diff], explained)
             name = show_id(k, what) if kind != "exit" or k == k_b else f"{show_id(k, what)} / {show_id(k_b, what)}"
             findings.append(Finding("backward", name, a.label(), b.label(), a.name, b.name, diff, step,
                                     ref_node=a, test_node=b))
+    if unshared and notes is not None:
+        a, k, ua, ub = unshared[0]
+        notes.append(
+            f"{len(unshared)} input gradient(s) not compared (first: {show_id(k, 'input')} of `{a.path}`, read by "
+            f"{ua} call(s) in the reference model and {ub} in the tested one): a tensor's gradient is the sum over "
+            "every call that reads it, so where the two models read it a different number of times the sums "
+            "differ without either being wrong. The calls' own outputs and the gradients of what they read are "
+            "compared.")
     return findings
 
 
+def _composite(node: Node) -> bool:
+    return any(c.kind == "net" for c in node.children)
+
+
+def _read_apart(a: Node, b: Node, k: str, k_b: str, unshared: list) -> bool:
+    """True (and noted) where a paired input is read by a different number of innermost calls
+    in the two models (paddle's ``DenseLayer`` reads its input in its BatchNorm and again in a
+    concat; torch's ``_DenseLayer`` concatenates first): its recorded gradients are sums over
+    different calls. Unknown counts (older dumps) compare as before."""
+    if a.input_uses is None or b.input_uses is None:
+        return False
+    ua, ub = a.input_uses.get(k), b.input_uses.get(k_b)
+    if ua is None or ub is None or ua == ub:
+        return False
+    unshared.append((a, k, ua, ub))
+    return True
+
+
 def compare_links(links: Iterable, read_ref: Callable, read_test: Callable, stage: str, what: str,
-                  options, step: int, reprs: Callable = None, context: float = None,
+                  options, step: int, reprs: Callable = None, context=None,
                   explained=None) -> List[Finding]:
     """Compare tensors through weight links: the reference (copy source) value is turned into
-    the tested model's layout by the link's rule, then compared."""
+    the tested model's layout by the link's rule, then compared. A destination made from
+    several source tensors (a fused ``qkv_proj`` from ``q_proj``, ``k_proj``, ``v_proj``) is
+    compared against the same fusion of the reference's values: ``read_ref`` is called on each
+    of ``link.sources()`` (single-source views of the link) and the rule's transform gets them
+    all; one source split into several destinations is one link per destination, as usual.
+    ``context``: the rounding context, a number or ``context(link, reference record)``."""
     findings = []
     for link in links:
-        ref_rec = read_ref(link)
+        sources = link.sources()
+        ref_recs = [read_ref(s) for s in sources]
         test_rec = read_test(link)
-        if ref_rec is None and test_rec is None:
+        missing = [s for s, r in zip(sources, ref_recs) if r is None]
+        if len(missing) == len(sources) and test_rec is None:
             continue
-        if ref_rec is None or test_rec is None:
-            has = "reference" if ref_rec is not None else "tested"
-            diff = TensorDiff(False, (), (), "", "", None, problem="structure",
-                              detail=f"Only the {has} model has a {what} for this parameter (frozen on one side?).")
+        if missing or test_rec is None:
+            has = "reference" if test_rec is None else "tested"
+            detail = f"Only the {has} model has a {what} for this parameter (frozen on one side?)."
+            if missing and len(sources) > 1 and len(missing) < len(sources):
+                detail = (f"The reference model has no {what} for `{missing[0].src_path}`, one of the "
+                          f"{len(sources)} tensors fused into this parameter (frozen?).")
+            diff = TensorDiff(False, (), (), "", "", None, problem="structure", detail=detail)
         else:
-            ref_arr = link.converted.transform(ref_rec.array)
+            ref_arr = link.converted.apply([r.array for r in ref_recs])
+            ref_rec = ref_recs[0]
             ref_conv = TensorRecord(ref_arr, ref_rec.dtype, tuple(ref_arr.shape))
-            tol = tolerance_for(options, test_rec.dtype, ref_rec.dtype, link.dst_path, stage=stage, context=context,
+            tol = tolerance_for(options, test_rec.dtype, ref_rec.dtype, link.dst_path, stage=stage,
+                                context=context(link, ref_conv) if callable(context) else context,
                                 explained=explained)
             diff = compare_records(test_rec, ref_conv, tol, options.compare_mode)
         ref_repr, test_repr = reprs(link) if reprs else ("", "")
-        findings.append(Finding(stage, f"{what} of {link.src_name}", link.src_path, link.dst_path,
+        name = link.src_name if len(sources) == 1 else link.dst_name.rsplit(".", 1)[-1]
+        label = f"{what} of {name}"
+        if link.converted.fused is not None:
+            label += f" ({link.converted.note.split(' ')[0]}: {link.converted.fused.summary()})"
+        findings.append(Finding(stage, label, link.src_label, link.dst_path,
                                 type(link.src_unit.layer).__name__, type(link.dst_unit.layer).__name__,
                                 diff, step, ref_repr=ref_repr, test_repr=test_repr))
     return findings

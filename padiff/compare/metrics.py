@@ -36,6 +36,7 @@ The verdict rule (documented in the README, "How padiff decides"):
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -78,7 +79,7 @@ class Tolerance:
     l2: Optional[float] = None
     floor: float = 0.0
     source: str = "user"
-    context: float = 0.0  # the magnitude the floor was derived from (0: none given)
+    context: float = 0.0  # the magnitude the floor was (or, for the user's tolerance, would be) derived from
     flip_share: float = 0.0  # share of near-tie flips tolerated (backward gradients only)
     explained: Tuple[float, float] = (0.0, 0.0)  # (scaled max, rel-L2) explained upstream by a tolerated flip
     noise: Optional[object] = None  # the layer's calibrated noise (calibrate.LayerNoise)
@@ -103,7 +104,8 @@ def _dtype_key(dtype: str) -> str:
 
 
 def tolerance_for(options, dtype_a: str, dtype_b: str, path: str = "", *, stage: Optional[str] = None,
-                  context: Optional[float] = None, explained: Optional[Tuple[float, float]] = None) -> Tolerance:
+                  context: Optional[float] = None, explained: Optional[Tuple[float, float]] = None,
+                  near_ties: bool = True) -> Tolerance:
     """Tolerance for one compared tensor: per-layer override, then per-dtype override, then
     the user's atol/rtol, then the auto default of the lower-precision dtype.
 
@@ -112,21 +114,26 @@ def tolerance_for(options, dtype_a: str, dtype_b: str, path: str = "", *, stage:
     near-tie flips), ``context`` (the magnitude of the values the tensor was computed from,
     e.g. the largest gradient of the backward pass: sets the floor) and ``explained`` (the
     scaled max and relative L2 error that a tolerated flip upstream accounts for, from
-    :func:`explained_error`)."""
+    :func:`explained_error`); ``near_ties=False`` tolerates no near-tie flip (the call's
+    forward output differs: a gradient there that is zero in one model only is the forward
+    difference's doing)."""
+    known = float(context) if context is not None and math.isfinite(context) else 0.0
     for pattern, atol, rtol in options.layer_tolerances:
         if fnmatch.fnmatchcase(path, pattern) or path.endswith("." + pattern) or path == pattern:
             return Tolerance(atol if atol is not None else 0.0,
-                             rtol if rtol is not None else _SEED_DEFAULT_RTOL, False, source=f"layer {pattern}")
+                             rtol if rtol is not None else _SEED_DEFAULT_RTOL, False, source=f"layer {pattern}",
+                             context=known)
     keys = sorted({_dtype_key(dtype_a), _dtype_key(dtype_b)},
                   key=lambda k: list(AUTO_TOLERANCES).index(k))
     loosest = keys[-1]
     for dtype, atol, rtol in options.dtype_tolerances:
         if _dtype_key(dtype) == loosest:
             return Tolerance(atol if atol is not None else 0.0,
-                             rtol if rtol is not None else _SEED_DEFAULT_RTOL, False, source=f"dtype {dtype}")
+                             rtol if rtol is not None else _SEED_DEFAULT_RTOL, False, source=f"dtype {dtype}",
+                             context=known)
     if options.atol is not None or options.rtol is not None:
         return Tolerance(options.atol if options.atol is not None else 0.0,
-                         options.rtol if options.rtol is not None else _SEED_DEFAULT_RTOL, False)
+                         options.rtol if options.rtol is not None else _SEED_DEFAULT_RTOL, False, context=known)
     rtol, atol, floor, l2 = AUTO_TOLERANCES[loosest]
     source = loosest
     if context is not None and math.isfinite(context):
@@ -145,8 +152,22 @@ def tolerance_for(options, dtype_a: str, dtype_b: str, path: str = "", *, stage:
             atol, l2 = max(atol, k * noise.max_scaled), max(l2, k * noise.rel_l2)
             source = f"{loosest}, calibrated"
     return Tolerance(atol, rtol, True, l2=l2, floor=floor, source=source, context=float(context or 0.0),
-                     flip_share=FLIP_SHARE if stage == "backward" else 0.0,
+                     flip_share=FLIP_SHARE if stage == "backward" and near_ties else 0.0,
                      explained=explained, noise=noise, noise_k=k)
+
+
+def rounding_tolerance(dtype_a: str, dtype_b: str, context: float = 0.0,
+                       explained: Tuple[float, float] = (0.0, 0.0)) -> Tolerance:
+    """The default rule for a tensor, whatever tolerance the user chose: what rounding alone
+    may leave (used to find where a divergence starts, apart from the verdict)."""
+    keys = sorted({_dtype_key(dtype_a), _dtype_key(dtype_b)}, key=lambda k: list(AUTO_TOLERANCES).index(k))
+    rtol, atol, floor, l2 = AUTO_TOLERANCES[keys[-1]]
+    if context and math.isfinite(context):
+        floor = CONTEXT_ULPS * UNIT_ROUNDOFF[keys[-1]] * float(context)
+    if max(explained) > 0:
+        atol, l2 = max(atol, EXPLAINED_FACTOR * explained[0]), max(l2, EXPLAINED_FACTOR * explained[1])
+    return Tolerance(atol, rtol, True, l2=l2, floor=floor, source=keys[-1], context=float(context or 0.0),
+                     explained=tuple(explained))
 
 
 @dataclass
@@ -176,7 +197,9 @@ class TensorDiff:
     scale: float = 0.0  # the magnitude the auto rule judged errors against (largest |value|)
     flips: int = 0  # elements left out of the verdict as near-tie flips (zero in one model only)
     rel_l2_rest: float = 0.0  # relative L2 error without the flipped elements
+    rms_error: float = 0.0  # root mean square of the error without the flipped elements
     broadcast: Tuple[int, ...] = ()  # the shape both were compared at, when only size-1 dimensions differ
+    permuted: Tuple[int, ...] = ()  # the order the tested tensor's axes were compared in, when it differs
 
     def __bool__(self) -> bool:
         return self.passed
@@ -189,6 +212,25 @@ class TensorDiff:
     def max_scaled(self) -> float:
         """The greatest absolute difference relative to the tensor's scale."""
         return self.max_abs / self.scale if self.scale > 0 else (0.0 if self.max_abs == 0 else math.inf)
+
+    def tolerance_use(self) -> Tuple[float, str]:
+        """How much of the allowed error this comparison used (1.0 = at the limit) and the
+        criterion that bound, computed by the rule that decided: "elementwise" (the greatest
+        difference against what was allowed at its element), "relative L2" (the whole tensor),
+        or "rounding floor" (the whole tensor, where the floor, not the relative L2 limit,
+        allowed more: a gradient of rounding noise). Infinite when figures are missing."""
+        if self.problem is not None:
+            return math.inf, self.problem
+        uses = []
+        if not self.flips:  # flipped elements are outside the verdict; the rest is judged as a whole
+            uses.append((self.max_abs / self.allowed_at_max if self.allowed_at_max > 0 else
+                         (0.0 if self.max_abs == 0 else math.inf), "elementwise"))
+        tol = self.tolerance
+        if tol is not None and tol.auto and tol.l2:
+            by_l2 = self.rel_l2_rest / tol.l2
+            by_floor = self.rms_error / tol.floor if tol.floor > 0 else (0.0 if self.rms_error == 0 else math.inf)
+            uses.append((by_l2, "relative L2") if by_l2 <= by_floor else (by_floor, "rounding floor"))
+        return max(uses, key=lambda u: u[0], default=(0.0, "elementwise"))
 
     @property
     def within_noise(self) -> Optional[bool]:
@@ -237,6 +279,9 @@ class TensorDiff:
         explained upstream, a calibration (empty otherwise, and for exact tolerances)."""
         tol = self.tolerance
         out = [self.broadcast_note()] if self.broadcast and self.problem is None else []
+        if self.permuted and self.problem is None:
+            out.append(f"Shapes {list(self.shape_a)} vs {list(self.shape_b)} hold the same axes in another order: "
+                       f"compared after moving the tested model's axes to the order {list(self.permuted)}.")
         if tol is None or not tol.auto or self.problem is not None or not self.numel:
             return out
         if self.flips:
@@ -283,11 +328,31 @@ def broadcast_shape(shape_a, shape_b) -> Optional[Tuple[int, ...]]:
     return None
 
 
+def _permuted(a: np.ndarray, b: np.ndarray, tol, mode, dtype_a, dtype_b) -> Optional["TensorDiff"]:
+    """``a`` and ``b`` hold the same axes in another order (a port that normalises q per head
+    before moving the head axis, [B, S, H, D] against [B, H, S, D]): compared after moving
+    ``a``'s axes to ``b``'s order; where several orders fit, the one that agrees best. None
+    when no order of ``a``'s axes gives ``b``'s shape."""
+    if a.ndim != b.ndim or a.ndim > 6 or sorted(a.shape) != sorted(b.shape):
+        return None
+    orders = [p for p in itertools.permutations(range(a.ndim)) if tuple(a.shape[i] for i in p) == tuple(b.shape)]
+    best = None
+    for p in orders[:24]:
+        d = compare_arrays(np.transpose(a, p), b, tol, mode, dtype_a, dtype_b)
+        if best is None or (d.passed, -(d.rel_l2 if d.rel_l2 == d.rel_l2 else np.inf)) > \
+                (best.passed, -(best.rel_l2 if best.rel_l2 == best.rel_l2 else np.inf)):
+            best, best.permuted = d, p
+    return best
+
+
 def compare_arrays(a: np.ndarray, b: np.ndarray, tol: Tolerance, mode: str = "strict",
-                   dtype_a: str = "", dtype_b: str = "", broadcast: bool = False) -> TensorDiff:
+                   dtype_a: str = "", dtype_b: str = "", broadcast: bool = False,
+                   layout: bool = False) -> TensorDiff:
     """Compare ``a`` (the model under test) against ``b`` (the reference). With ``broadcast``,
     shapes that differ only in size-1 dimensions (:func:`broadcast_shape`) are compared at the
-    larger shape; any other shape difference is a ``shape`` problem."""
+    larger shape; with ``layout``, shapes that hold the same axes in another order are
+    compared after moving ``a``'s axes (:func:`_permuted`); any other shape difference is a
+    ``shape`` problem."""
     a = np.asarray(a)
     b = np.asarray(b)
     dtype_a = dtype_a or str(a.dtype)
@@ -303,6 +368,10 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tol: Tolerance, mode: str = "st
             d.shape_a, d.shape_b, d.broadcast = base["shape_a"], base["shape_b"], wide
             return d
         else:
+            found = _permuted(a, b, tol, mode, dtype_a, dtype_b) if layout else None
+            if found is not None:
+                found.shape_a, found.shape_b = base["shape_a"], base["shape_b"]
+                return found
             return TensorDiff(False, problem="shape", numel=int(b.size), **base)
     if a.dtype.kind in "biu" and b.dtype.kind in "biu":
         diff = a.astype(np.int64) != b.astype(np.int64)
@@ -405,6 +474,7 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tol: Tolerance, mode: str = "st
         scale=scale,
         flips=flips,
         rel_l2_rest=rest_err / rest_b if rest_b > 0 else (0.0 if rest_err == 0 else math.inf),
+        rms_error=rest_err / math.sqrt(rest_n) if rest_n else 0.0,
         **base,
     )
 
@@ -420,7 +490,8 @@ def explained_error(diffs, already: Optional[Tuple[float, float]] = None) -> Tup
     return m, l2
 
 
-def compare_records(rec_a, rec_b, tol: Tolerance, mode: str, broadcast: bool = False) -> TensorDiff:
+def compare_records(rec_a, rec_b, tol: Tolerance, mode: str, broadcast: bool = False,
+                    layout: bool = False) -> TensorDiff:
     """Compare two recorded values (tensors or plain values); ``broadcast``: see
     :func:`compare_arrays`."""
     from ..record.trace import TensorRecord  # local: keeps this module numpy-only at import
@@ -440,6 +511,6 @@ def compare_records(rec_a, rec_b, tol: Tolerance, mode: str, broadcast: bool = F
         return TensorDiff(bool(same), (), (), rec_a.dtype, rec_b.dtype, tol, mode, problem=None if same else "value",
                           detail="" if same else f"Values differ: {rec_a.value!r} vs {rec_b.value!r}.",
                           value_a=rec_a.value, value_b=rec_b.value)
-    d = compare_arrays(rec_a.array, rec_b.array, tol, mode, rec_a.dtype, rec_b.dtype, broadcast)
+    d = compare_arrays(rec_a.array, rec_b.array, tol, mode, rec_a.dtype, rec_b.dtype, broadcast, layout)
     d.shape_a, d.shape_b = tuple(rec_a.shape) or d.shape_a, tuple(rec_b.shape) or d.shape_b
     return d

@@ -12,10 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
+import bisect
 import difflib
 
 from ..errors import PadiffError
 from ..record.trace import Node, Trace
+from ..structure import pair_flat
 from .api_names import canonical
 
 
@@ -25,10 +27,73 @@ class Pairing:
     partner: Dict[int, Node] = field(default_factory=dict)  # id(ref node) -> test node
     unpaired: List[Node] = field(default_factory=list)  # calls left out, either side
     notes: List[str] = field(default_factory=list)
+    # Pairs compared on one side of the layer only (see shift_fused_activations): id(ref node)
+    # -> "in" (input gradient only) or "out" (output and output gradient only).
+    only: Dict[int, str] = field(default_factory=dict)
 
     def add(self, a: Node, b: Node) -> None:
         self.pairs.append((a, b))
         self.partner[id(a)] = b
+
+
+def composite_boundaries(pairing: Pairing) -> None:
+    """Two paired layers that both have sublayers, whose outputs are of other shapes (paddle's
+    ``DenseLayer`` returns its input concatenated to its new features, torch's
+    ``_DenseLayer`` the new features alone): the ports draw the layer's edge differently.
+    Their insides and input gradients are compared; their outputs are not (a real difference
+    still shows in the layers that use them, up to the model's output)."""
+    groups: Dict[tuple, List[Tuple[Node, Node]]] = {}
+    for a, b in pairing.pairs:
+        if a.kind != "net" or a.parent is None or id(a) in pairing.only:
+            continue
+        if not any(c.kind == "net" for c in a.children) or not any(c.kind == "net" for c in b.children):
+            continue
+        paired, _ = pair_flat(a.outputs, b.outputs, lambda r: r.kind == "none",
+                              lambda x, y: x.kind == "tensor" and y.kind == "tensor")
+        if any(tuple(x.shape) != tuple(y.shape) for (_, x), (_, y) in paired):
+            pairing.only[id(a)] = "in"
+            groups.setdefault((a.name, b.name), []).append((a, b))
+    for (na, nb), found in groups.items():
+        a, b = found[0]
+        pairing.notes.append(
+            f"{na} / {nb} return outputs of other shapes ({len(found)} call(s), first `{a.path}` "
+            f"{[list(r.shape) for _, r in a.outputs if r.is_tensor]} / `{b.path}` "
+            f"{[list(r.shape) for _, r in b.outputs if r.is_tensor]}): the two ports draw the layer's edge "
+            "differently, so their insides were compared and their outputs were not.")
+
+
+def shift_fused_activations(pairing: Pairing, ref_nodes: List[Node], agree: Callable[[Node, Node], bool]) -> None:
+    """A tested layer that applies its activation itself (paddle's ``BatchNorm(act="relu")``)
+    against a reference layer followed by the activation as a layer of its own (torch's
+    ``BatchNorm2d`` then ``ReLU``): the tested layer's output is the activation's. Where the
+    reference's next call after a paired layer call is weightless, has no partner, and agrees
+    with that layer's partner (``agree``: outputs compared), it takes the partner's output and
+    output gradient, and the first keeps its input gradient. The next call may be a
+    framework call (``F.relu`` in the parent's forward)."""
+    paired_ref = set(pairing.partner)
+    starts = sorted((n.enter_seq, n) for n in ref_nodes if n.enter_seq >= 0)
+    seqs = [e for e, _ in starts]
+    for a, b in list(pairing.pairs):
+        if a.kind != "net" or any(c.kind == "net" for c in a.children) or id(a) in pairing.only:
+            continue
+        at = bisect.bisect_right(seqs, a.exit_seq)  # the next call to start once `a` is done
+        nxt = starts[at][1] if at < len(starts) else None
+        if nxt is None or id(nxt) in paired_ref or nxt.has_params or any(c.kind == "net" for c in nxt.children):
+            continue
+        if [r.shape for _, r in nxt.outputs] != [r.shape for _, r in b.outputs] or not agree(nxt, b):
+            continue
+        # Where `a` agrees too (the activation did nothing to these values, or almost: a ReLU
+        # over values that are already >= 0), the gradients still tell: the tested layer's
+        # output gradient is the one after its activation, so it pairs with `nxt`'s.
+        pairing.add(nxt, b)
+        paired_ref.add(id(nxt))
+        pairing.only[id(a)] = "in"
+        pairing.only[id(nxt)] = "out"
+        if nxt in pairing.unpaired:
+            pairing.unpaired.remove(nxt)
+        pairing.notes.append(
+            f"`{b.path}` ({b.name}) applies its activation itself: its output was compared with that of "
+            f"`{nxt.path}` ({nxt.name}), the call after `{a.path}` ({a.name}) in the other model.")
 
 
 def _visible_children(node: Node, skip: Callable[[Node], bool]) -> List[Node]:
@@ -213,7 +278,8 @@ def pair_traces(ref: Trace, test: Trace, *, ref_label: str, test_label: str,
                 leaf: Callable[[Node, Node], bool] = lambda a, b: False,
                 mapped: Optional[Dict[int, int]] = None,
                 corr: Optional[Dict[int, Set[int]]] = None,
-                kind: Callable[[str], str] = str.lower) -> Pairing:
+                kind: Callable[[str], str] = str.lower,
+                alone: Set[int] = frozenset()) -> Pairing:
     """Pair every call of ``ref`` with its counterpart in ``test``.
 
     ``corr`` (:func:`correspondence`) says which layers stand for each other: their calls
@@ -221,7 +287,8 @@ def pair_traces(ref: Trace, test: Trace, *, ref_label: str, test_label: str,
     without weights) pair in call order within their parent. ``mapped`` holds the pairs a
     LayerMap copies as a whole: their insides are compared where they pair, and otherwise
     the pair is compared as a whole. ``kind(class name)`` tells which layers of the two
-    frameworks are of one kind (``MaxPool2d``/``MaxPool2D``).
+    frameworks are of one kind (``MaxPool2d``/``MaxPool2D``). Calls of the layers in ``alone``
+    (a fused ``qkv_proj`` and the ``q/k/v_proj`` it stands for) have no partner.
     """
     if ref.root is None or test.root is None:
         raise PadiffError("A model was not called: padiff saw no forward call of the root layer.")
@@ -251,6 +318,13 @@ def pair_traces(ref: Trace, test: Trace, *, ref_label: str, test_label: str,
         cb = [c for c in vb if c.kind == "net"]
         if not ca or not cb:
             return  # one side has no sublayer calls (torch's MultiheadAttention): compared as a whole
+        lone = [c for c in ca + cb if c.layer_key in alone]
+        if lone:
+            result.unpaired.extend(lone)
+            ca = [c for c in ca if c.layer_key not in alone]
+            cb = [c for c in cb if c.layer_key not in alone]
+            if not ca or not cb:
+                return
         pairs, rest_a, rest_b = _by_correspondence(ca, cb, corr)
         more_a, more_b = _transparent(rest_a, b, corr, skip), _transparent(rest_b, a, corr, skip)
         if (more_a, more_b) != (rest_a, rest_b):
@@ -301,7 +375,8 @@ def pair_traces(ref: Trace, test: Trace, *, ref_label: str, test_label: str,
 
 def _api_key(node: Node):
     prints = node.in_prints
-    return (canonical(node.name), tuple(tuple(r.shape) for _, r in node.outputs),
+    # output shapes up to the order of their axes: a port may move the head axis elsewhere
+    return (canonical(node.name), tuple(tuple(sorted(r.shape)) for _, r in node.outputs),
             None if prints is None else len(prints))
 
 

@@ -56,6 +56,7 @@ class StepResult:
     ref_trace: object = None
     test_trace: object = None
     pairing: object = None
+    likely_origin: object = None  # origin.LikelyOrigin: where the error jumps, whatever the tolerance
 
     def all_findings(self) -> List[Finding]:
         loss = [self.loss] if self.loss is not None else []
@@ -90,6 +91,9 @@ class AlignResult:
     notes: List[str] = field(default_factory=list)
     report: str = ""  # the text printed to the console
     overlapped: bool = False  # compared in a worker thread while the tested model ran
+    # origin.LikelyOrigin: where the error jumped, when the chosen tolerance let it through and
+    # a later check failed (None otherwise)
+    likely_origin: object = None
 
     def __bool__(self) -> bool:
         return self.passed

@@ -68,11 +68,12 @@ def compare_dumps(path_a, path_b, options=None, **kwargs) -> AlignResult:
     api = opts.api_check and ref_d.has_api_calls() and test_d.has_api_calls()
     for step in range(opts.steps):
         out(console.step_header(step))
-        ref_run = SideRun(ref_d.trace(step, api=api), {l.src_path: ref_d.grad(l.src_tensor, step) for l in links}, None)
+        ref_run = SideRun(ref_d.trace(step, api=api), {s.src_path: ref_d.grad(s.src_tensor, step) for l in links for s in l.sources()}, None)
         test_run = SideRun(test_d.trace(step, api=api), {l.dst_path: test_d.grad(l.dst_tensor, step) for l in links},
                            None)
         sr = _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, None,
-                           layer_pairs=plan.layer_pairs() if plan.ok else ())
+                           layer_pairs=plan.layer_pairs() if plan.ok else (),
+                           fused=[p for g in plan.fused_layers() for ps in g for p in ps] if plan.ok else ())
         if ref_d.use_loss == test_d.use_loss and (opts.check_backward or opts.use_loss):
             sr.loss = _loss_finding(ref_run, test_run, opts.use_loss, opts, step)
         if opts.use_opt:

@@ -295,6 +295,8 @@ class Dump:
                      call_count=e["call_count"])
             n.frames = tuple(StoredFrame(f[0], f[1], f[2], f[3] if len(f) > 3 else "") for f in e["frames"])
             n.input_ids = list(e.get("input_ids", ()))
+            uses = e.get("input_uses")
+            n.input_uses = dict(uses) if uses is not None else None
             prints = e.get("in_prints")
             n.in_prints = tuple(prints) if prints is not None else None
             n.outputs = [(i, self.record(r, shared)) for i, r in e["outputs"]]

@@ -659,6 +659,7 @@ def _trace_json(trace: Trace, w: _Writer, folder: str, layer_index: Dict[int, in
             "enter": n.enter_seq, "exit": n.exit_seq, "has_params": bool(n.has_params),
             "call_count": n.call_count,
             "input_ids": list(n.input_ids),
+            "input_uses": dict(n.input_uses) if n.input_uses is not None else None,
             "in_prints": list(n.in_prints) if n.in_prints is not None else None,
             "frames": [[f.filename, f.lineno, f.function, f.line_text()] for f in n.frames],
             "outputs": [[i, w.record(r, f"{base}_out{j}")] for j, (i, r) in enumerate(n.outputs)],

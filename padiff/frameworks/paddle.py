@@ -260,6 +260,37 @@ class Adapter:
     def save_file(self, obj, path) -> None:
         paddle.save(obj, path)
 
+    def save_raw(self, state, path) -> None:
+        """Save ``{key: (array, dtype name)}`` as a state dict. paddle saves numpy arrays as they
+        are and reads a uint16 array back as bfloat16, so only other dtypes become tensors."""
+        paddle.save({k: a if dt in _NUMPY_OK or dt == "bfloat16" else self.from_raw(a, dt)
+                     for k, (a, dt) in state.items()}, path)
+
+    def load_file(self, path):
+        """A state dict saved with paddle.save (read whole: a .pdparams is one pickle)."""
+        return paddle.load(path)
+
+    def has_data(self, tensor) -> bool:
+        """False for a parameter without values (a model built under paddle.LazyGuard)."""
+        return bool(tensor._is_initialized())
+
+    def raw_array(self, tensor):
+        """(array, dtype name); paddle gives bfloat16 as its raw bits (uint16)."""
+        t = tensor.detach()
+        view = self.host_view(t)
+        return (view if view is not None else t.cpu().numpy()), self.dtype_name(t)
+
+    def from_raw(self, array, dtype_name: str):
+        """A CPU tensor of ``dtype_name`` from an array (raw bits for bfloat16, float8)."""
+        t = paddle.to_tensor(np.ascontiguousarray(array), place=paddle.CPUPlace())
+        want = getattr(paddle, dtype_name)
+        return t if t.dtype == want else t.view(want)
+
+    def assign_raw(self, tensor, array, dtype_name: str) -> None:
+        """Set a model's tensor from an array of ``dtype_name`` (cast to the tensor's dtype)."""
+        t = self.from_raw(array, dtype_name)
+        tensor.set_value(t if t.dtype == tensor.dtype else t.astype(tensor.dtype))
+
     def state_items(self, model):
         """(state_dict key, the model's own tensor) pairs; aliases share one tensor."""
         return list(model.state_dict().items())

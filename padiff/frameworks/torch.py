@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+import zipfile
 
 import numpy as np
 import torch
@@ -249,7 +250,41 @@ class Adapter:
 
     # --- state files (the checkpoint converter) ------------------------------------------
     def load_file(self, path):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        """A state dict saved with torch.save; a zip file (every torch >= 1.6 writes one) is
+        memory-mapped, so its tensors are read from the file when used."""
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+
+    def save_file(self, obj, path) -> None:
+        torch.save(obj, path)
+
+    def save_raw(self, state, path) -> None:
+        """Save ``{key: (array, dtype name)}`` as a state dict of tensors."""
+        torch.save({k: self.from_raw(a, dt) for k, (a, dt) in state.items()}, path)
+
+    def has_data(self, tensor) -> bool:
+        """False for a tensor without values (a model built on the meta device)."""
+        return not tensor.is_meta
+
+    def raw_array(self, tensor):
+        """(array, dtype name): a zero-copy view of a CPU tensor where torch allows it; the raw
+        bits (uint16, uint8) for dtypes numpy lacks (bfloat16, float8)."""
+        t = tensor.detach().cpu()
+        name = self.dtype_name(t)
+        if t.dtype not in _NUMPY_OK:
+            t = t.view({2: torch.uint16, 1: torch.uint8}[t.element_size()])
+        return t.numpy(), name
+
+    def from_raw(self, array, dtype_name: str):
+        """A CPU tensor of ``dtype_name`` from an array (raw bits for bfloat16, float8)."""
+        arr = np.asarray(array)
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+        want = getattr(torch, dtype_name)
+        return t if t.dtype == want else t.view(want)
+
+    def assign_raw(self, tensor, array, dtype_name: str) -> None:
+        """Set a model's tensor from an array of ``dtype_name`` (cast to the tensor's dtype)."""
+        with torch.no_grad():
+            tensor.copy_(self.from_raw(array, dtype_name).to(dtype=tensor.dtype, device=tensor.device))
 
     def state_items(self, model):
         """(state_dict key, the model's own tensor) pairs."""

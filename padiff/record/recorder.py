@@ -68,6 +68,7 @@ class LayerWalk:
         self.layers: Dict[int, object] = {}
         self.paths: Dict[int, str] = {}
         self.order: List[int] = []
+        self.innermost: set = set()  # keys of the layers whose sublayers are not traced
         self._walk(model, root_name, stop_at)
 
     def _walk(self, layer, path, stop_at):
@@ -78,11 +79,11 @@ class LayerWalk:
         self.paths[key] = path
         self.order.append(key)
         ad = self.adapter
-        if is_atomic(ad, layer):
+        children = ad.named_children(layer)
+        if not children or is_atomic(ad, layer) or (stop_at is not None and stop_at(layer)):
+            self.innermost.add(key)
             return
-        if stop_at is not None and stop_at(layer):
-            return
-        for name, child in ad.named_children(layer):
+        for name, child in children:
             self._walk(child, f"{path}.{name}", stop_at)
 
     def has_params(self, key: int) -> bool:
@@ -120,6 +121,10 @@ class Recorder:
         self._records: Dict[int, tuple] = {}
         self._api_calls: Dict[tuple, int] = {}
         self._grad_wanted: Dict[int, tuple] = {}
+        # (id, version) of a tensor -> (weak reference, [innermost calls that read it]); ids are
+        # reused once a tensor is freed, so a key whose tensor is gone starts a new count
+        self._uses: Dict[tuple, tuple] = {}
+        self._input_keys: List[tuple] = []  # (node, [(id path, its count)]) to read after the run
         self._run_frame = None
         self._internal = (os.sep + "torch" + os.sep, os.sep + "paddle" + os.sep)
 
@@ -191,6 +196,30 @@ class Recorder:
         finally:
             self._stack.clear()
             self._run_frame = None
+            for node, keys in self._input_keys:
+                node.input_uses = {p: cell[0] for p, cell in keys}
+            self._input_keys.clear()
+            self._uses.clear()
+
+    def _count_uses(self, args, kwargs=None) -> None:
+        """One more read of every tensor among the arguments of an innermost call."""
+        ad = self.adapter
+        for _, leaf in flatten((args, kwargs or {}), ad.is_tensor):
+            if ad.is_tensor(leaf):
+                self._use_cell(leaf)[0] += 1
+
+    def _use_cell(self, tensor) -> list:
+        """The read count of this tensor value (a one-item list, shared by every node that
+        records it as an input)."""
+        k = (id(tensor), self.adapter.version(tensor))
+        hit = self._uses.get(k)
+        if hit is None or hit[0]() is not tensor:
+            try:
+                hit = (weakref.ref(tensor), [0])
+            except TypeError:  # no weak references: counted without the check
+                hit = (lambda t=tensor: t, [0])
+            self._uses[k] = hit
+        return hit[1]
 
     # --- framework calls ---------------------------------------------------------------
     def _on_api_call(self, name, original, args, kwargs):
@@ -209,6 +238,8 @@ class Recorder:
             ad = self.adapter
             node.in_prints = tuple(ad.fingerprint(t) for _, t in flatten((args, kwargs), ad.is_tensor)
                                    if ad.is_tensor(t) and ad.is_floating(t))  # before an in-place op runs
+            if parent.layer_key not in self.walk.innermost:  # inside an innermost layer: counted there
+                self._count_uses(args, kwargs)
             out = original(*args, **kwargs)
             node.exit_seq = self._seq
             self._seq += 1
@@ -298,6 +329,7 @@ class Recorder:
         path = self.walk.paths[key]
         name = type(self.walk.layers[key]).__name__
         has_params = self.walk.has_params(key)
+        innermost = key in self.walk.innermost
 
         def pre(layer, args, kwargs):
             parent = self._stack[-1] if self._stack else None
@@ -318,10 +350,15 @@ class Recorder:
             if self.keep_inputs:
                 node.call_args = (self._skeleton(tuple(args)), self._skeleton(dict(kwargs or {})))
             if self.grads:
+                keys = []
                 for id_path, leaf in flatten((args, kwargs or {}), ad.is_tensor):
                     if ad.is_tensor(leaf) and ad.requires_grad(leaf):
                         node.input_ids.append(id_path)
+                        keys.append((id_path, self._use_cell(leaf)))
                         self._want_grad(leaf, node.grad_in, id_path)
+                self._input_keys.append((node, keys))
+            if innermost:
+                self._count_uses(args, kwargs)
             return None
 
         def post(layer, args, kwargs, output):

@@ -87,6 +87,9 @@ class Node:
     grad_out: Dict[str, TensorRecord] = field(default_factory=dict)
     grad_in: Dict[str, TensorRecord] = field(default_factory=dict)
     input_ids: List[str] = field(default_factory=list)  # id paths of the inputs that record a gradient
+    # id path -> how many innermost calls (atomic layers, framework calls) of the run read that
+    # input: its recorded gradient is the sum over all of them (None: not counted, older dumps)
+    input_uses: Optional[Dict[str, int]] = None
     output_grad_ids: List[str] = field(default_factory=list)  # id paths of the outputs that record one
     in_prints: Optional[Tuple[float, ...]] = None  # framework calls: norms of the floating inputs
     frames: Tuple[SourceFrame, ...] = ()  # user's frames, outermost first, ending at the call

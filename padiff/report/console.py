@@ -67,9 +67,51 @@ def stack_lines(node, title: str) -> List[str]:
     return lines
 
 
+def _fig(x) -> str:
+    return "inf" if x == float("inf") else f"{x:.3g}"
+
+
+def origin_lines(origin, first: Finding) -> List[str]:
+    """What the likely origin (``compare.origin.LikelyOrigin``) of a difference is, in words:
+    where the error jumped, by how much, and that the chosen tolerance let it through."""
+    o = origin
+    f = o.finding
+    where = f"`{f.ref_path}`" if f.ref_path == f.test_path else f"`{f.ref_path}` / `{f.test_path}`"
+    types = f.ref_type if f.ref_type == f.test_type else f"{f.ref_type} vs {f.test_type}"
+    stage = STAGE_TITLES.get(f.stage, f.stage)
+    if o.by == "relative L2":
+        now, before, limit = o.rel_l2, o.carried_rel_l2, o.rounding_l2
+        measure = "relative L2 error"
+    else:
+        now, before, limit = o.max_scaled, o.carried_max_scaled, o.rounding_max_scaled
+        measure = "greatest difference (share of the tensor's scale)"
+    carried = (f"{_fig(o.growth)} times the {_fig(before)} the comparisons before it carry" if before > 0
+               else "where every comparison before it agreed")
+    d = f.diff
+    tol = d.tolerance
+    rule = (f"Your tolerance (rtol={tol.rtol:g}, atol={tol.atol:g})" if tol is not None and not tol.auto
+            else "The default tolerance")
+    later = STAGE_TITLES.get(first.stage, first.stage)
+    readers = ""
+    if o.readers:
+        readers = (" (computed by the backward of " + ", ".join(f"`{r}`" for r in o.readers[:3])
+                   + (", ..." if len(o.readers) > 3 else "") + ", which read that output)")
+    return [
+        f"Likely origin: the error jumps at the {f.what} of {where} ({types}){readers}, {stage} of step {f.step}:",
+        f"    {measure} {_fig(now)}, {carried}; rounding leaves up to {_fig(limit)}. "
+        f"Greatest absolute difference {_fig(d.max_abs)} (scale {_fig(d.scale)})"
+        + (f", relative L2 error {_fig(d.rel_l2)}" if o.by != "relative L2" else "")
+        + f", cosine similarity {d.cosine:.6f}.",
+        f"    {rule} let it through; the first check that fails comes later: {first.what} of "
+        f"`{first.ref_path}` ({later}).",
+    ]
+
+
 def failure_block(finding: Finding, step: StepResult, *, ref_side, test_side, first_is_ref: bool,
-                  options, log_dir: str) -> (List[str], List[str]):
-    """Lines printed for the first difference, and the log files written for it."""
+                  options, log_dir: str, origin=None) -> (List[str], List[str]):
+    """Lines printed for the first difference, and the log files written for it; ``origin``
+    (``compare.origin.LikelyOrigin``), when the tolerance let the start of the divergence
+    through, is named after the difference's own figures."""
     f = finding
     files: List[str] = []
     stage = STAGE_TITLES.get(f.stage, f.stage)
@@ -87,6 +129,9 @@ def failure_block(finding: Finding, step: StepResult, *, ref_side, test_side, fi
     lines.append("")
     lines.extend(f.diff.message().splitlines())
     lines.append("")
+    if origin is not None:
+        lines.extend(f"{P}     {line}" for line in origin_lines(origin, f))
+        lines.append("")
     if f.ref_node is not None and step.ref_trace is not None:
         trees = []
         for side, trace, node in ((ref_side, step.ref_trace, f.ref_node), (test_side, step.test_trace, f.test_node)):

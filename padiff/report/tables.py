@@ -168,19 +168,10 @@ def write_tables(result, log_dir: str) -> Tuple[str, str]:
 # --- figures shared by the console summary and the HTML report ---------------------------------
 
 def tolerance_use(diff) -> float:
-    """How much of the allowed error a comparison used (1.0 = at the limit), for shading
-    only; the verdict is always ``diff.passed``. Infinite when figures are missing."""
-    if diff.problem is not None:
-        return math.inf
-    uses = []
-    if diff.allowed_at_max > 0:
-        uses.append(diff.max_abs / diff.allowed_at_max)
-    elif diff.max_abs > 0:
-        uses.append(math.inf)
-    tol = diff.tolerance
-    if tol is not None and tol.auto and tol.l2:
-        uses.append(diff.rel_l2 / tol.l2)
-    return max(uses, default=0.0)
+    """How much of the allowed error a comparison used (1.0 = at the limit), by the criterion
+    that bound (:meth:`TensorDiff.tolerance_use`); the verdict is always ``diff.passed``.
+    Infinite when figures are missing."""
+    return diff.tolerance_use()[0]
 
 
 def fmt_num(x, digits: int = 2) -> str:
@@ -305,6 +296,8 @@ def console_summary(result, color: Optional[bool] = None, *, stream=None, files:
         growth = _growth_line(result, c)
         if growth:
             lines.append(growth)
+        if getattr(result, "likely_origin", None) is not None:
+            lines.append(_origin_line(result.likely_origin, c))
     checked = []
     for stage, ok, total in _counts(result.steps):
         word = _STAGE_WORD.get(stage, stage)
@@ -319,6 +312,7 @@ def console_summary(result, color: Optional[bool] = None, *, stream=None, files:
         closest = _closest(result)
         if closest is not None:
             cf, use = closest
+            criterion = cf.diff.tolerance_use()[1]
             if cf.stage == "loss":
                 where = "the loss"
             elif cf.stage in ("forward", "backward"):
@@ -326,7 +320,7 @@ def console_summary(result, color: Optional[bool] = None, *, stream=None, files:
             else:
                 where = f"{cf.what} at {c(cf.ref_path, 'cyan')}"
             lines.append(f"Closest to its tolerance: {where}, rel L2 {fmt_num(cf.diff.rel_l2)}, "
-                         f"max abs {fmt_num(cf.diff.max_abs)} ({use:.0%} of the allowed error)")
+                         f"max abs {fmt_num(cf.diff.max_abs)} ({use:.0%} of the allowed error, {criterion})")
     for note in result.notes:
         lines.append(c("Note: ", "yellow") + note)
     shown = list(dict.fromkeys(list(files) + list(result.log_files)))
@@ -354,6 +348,18 @@ def _growth_line(result, c) -> str:
         last = fwd[-1]
         parts.append(f"{short_figure(last.diff)} at the model output")
     return "Forward rel L2 error: " + ", ".join(parts)
+
+
+def _origin_line(origin, c) -> str:
+    """The likely origin of a difference that the chosen tolerance let through, in one line."""
+    f = origin.finding
+    stage = STAGE_TITLES.get(f.stage, f.stage)
+    now = origin.rel_l2 if origin.by == "relative L2" else origin.max_scaled
+    measure = "rel L2" if origin.by == "relative L2" else "max diff / scale"
+    growth = "" if math.isinf(origin.growth) else f", {fmt_num(origin.growth)}x what came before"
+    via = f", computed by the backward of {', '.join(origin.readers[:2])}," if origin.readers else ""
+    return (f"Likely origin: {f.what} of {c(f.ref_path, 'cyan')}{via} ({stage}, step {f.step}): {measure} "
+            f"{fmt_num(now)}{growth}; within the tolerance used, so the run failed only later")
 
 
 def _closest(result):

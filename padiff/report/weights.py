@@ -93,6 +93,7 @@ HOW = {
     "rule": "conversion rule",
     "similar": "similar block",
     "whole": "as a whole (parts split)",
+    "fused": "fused projection",
 }
 
 
@@ -152,8 +153,9 @@ def structure_lines(plan, header: str = "[AutoDiff]", limit: int = 12) -> List[s
 
 def convert_table_lines(table) -> List[str]:
     """The converter's table: every key, what was done to it, and a summary."""
+    src, dst = table.src_framework, table.dst_framework
     lines = [f"[padiff convert] {table.src_path} -> {table.dst_path or '(not written)'} ({table.mode_text})"]
-    rows = [("torch key", "shape", "action", "paddle key", "shape", "note")]
+    rows = [(f"{src} key", "shape", "action", f"{dst} key", "shape", "note")]
     for r in table.rows:
         rows.append((r.src_key or "-", _shape(r.src_shape), r.action, r.dst_key or "-", _shape(r.dst_shape),
                      ("guessed: " if r.guessed else "") + r.note))
@@ -167,17 +169,38 @@ def convert_table_lines(table) -> List[str]:
                      "pass the paddle model (--paddle-model module:factory) to convert by its layers.")
     missing = [r for r in table.rows if r.action == "unmatched" and r.dst_key]
     if missing:
-        lines.append(f"[padiff convert] {_n(len(missing), 'paddle key')} without a source in the checkpoint "
+        lines.append(f"[padiff convert] {_n(len(missing), dst + ' key')} without a source in the checkpoint "
                      f"(they would keep the model's random initial values): "
                      f"{', '.join(r.dst_key for r in missing[:5])}{', ...' if len(missing) > 5 else ''}.")
         if table.mode == "paddle model":
             lines.append("[padiff convert] The paddle model's layer names differ from the checkpoint's: give the torch "
                          "model too (--torch-model module:factory) to pair the layers by structure.")
     if table.written:
-        lines.append(f"[padiff convert] Wrote {table.dst_path} ({len(table.state)} keys).")
-    elif table.dst_path and not table.state:
-        lines.append(f"[padiff convert] Nothing written to {table.dst_path}: no checkpoint key found a paddle tensor.")
+        files = table.files
+        where = files[0] if len(files) == 1 else f"{len(files) - 1} shards and {files[-1]}"
+        lines.append(f"[padiff convert] Wrote {where} ({len(table.keys)} keys).")
+    elif table.dst_path and not table.keys:
+        lines.append(f"[padiff convert] Nothing written to {table.dst_path}: no checkpoint key found a {dst} tensor.")
     return lines
+
+
+CSV_COLUMNS = ("source_key", "source_shape", "action", "destination_key", "destination_shape", "note", "guessed")
+
+
+def write_convert_csv(table, path: str) -> None:
+    """The converter's table as CSV, one row per key (shapes as ``32x64``, a 0-d tensor ``()``)."""
+    import csv
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    cell = lambda shape: "" if shape is None else ("x".join(str(d) for d in shape) or "()")
+    with open(path, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(CSV_COLUMNS)
+        for r in table.rows:
+            out.writerow((r.src_key, cell(r.src_shape), r.action, r.dst_key, cell(r.dst_shape), r.note,
+                          "yes" if r.guessed else ""))
 
 
 def _n(n: int, word: str) -> str:

@@ -8,6 +8,12 @@ found), the rest in registration order (the seeds' rule). Each pair is converted
 registered for its two classes (``rules.py``); a pair copied as a whole with no rule is
 opened and its insides are matched by structure (``auto.py``), so two differently built
 blocks still get their Linears transposed.
+
+A fused Linear against its parts on the other side (q/k/v against ``qkv_proj``) is found by
+the structural matcher; its links name every part (a destination made from several sources,
+or one source split into several destinations), and the layout of its rows is settled by
+``fused.py`` once the plan is made (from the weights in place, or by running both models on
+the user's inputs when ``plan_copy`` is given them).
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ import numpy as np
 from ..errors import PadiffError
 from ..record.recorder import LayerWalk, is_atomic
 from ..side import Side
-from .auto import SKIP_BUFFERS, Node, build_tree, match_trees, state_of  # noqa: F401 (SKIP_BUFFERS re-exported)
-from .rules import Converted, RuleError, find_rule, in_order
+from .auto import SKIP_BUFFERS, FusedMatch, Node, build_tree, match_trees, state_of  # noqa: F401 (SKIP_BUFFERS re-exported)
+from .fused import FusedGroup, brace, candidates, conversions, settle
+from .rules import Converted, RuleError, family, find_rule, in_order
 
 
 @dataclass
@@ -63,7 +70,10 @@ def units_of(side: Side, layer_map=None, whole_if=None) -> List[Unit]:
 
 @dataclass
 class TensorLink:
-    """One destination tensor and where its value comes from."""
+    """One destination tensor and where its value comes from: ``src_unit``/``src_name``/
+    ``src_tensor`` name its (first) source; ``more`` the further ones, in the order of
+    ``converted.src_names``, for a destination made from several (a fused ``qkv_proj.weight``
+    from ``q_proj``, ``k_proj``, ``v_proj``: each in its own unit)."""
 
     src_unit: Unit
     dst_unit: Unit
@@ -73,6 +83,20 @@ class TensorLink:
     dst_tensor: object
     is_param: bool
     converted: Converted
+    more: Tuple[Tuple[Unit, str, object], ...] = ()  # (unit, name, tensor) of the further sources
+
+    def sources(self) -> List["TensorLink"]:
+        """One single-source view of this link per source tensor, in ``converted.src_names``
+        order: whatever reads a source by ``src_path``/``src_tensor`` reads each of them."""
+        if not self.more:
+            return [self]
+        return [replace(self, more=())] + [replace(self, src_unit=u, src_name=n, src_tensor=t, more=())
+                                           for u, n, t in self.more]
+
+    @property
+    def src_label(self) -> str:
+        """The source path(s) as a person reads them: ``m.attn.{q_proj, k_proj, v_proj}.weight``."""
+        return brace([s.src_path for s in self.sources()]) if self.more else self.src_path
 
     @property
     def src_is_param(self) -> bool:
@@ -111,11 +135,26 @@ class WeightPlan:
     order_failure: Optional[CopyFailure] = None  # why registration order did not pair them
     notes: List[str] = field(default_factory=list)
     inner_pairs: List[Tuple[str, str]] = field(default_factory=list)  # (src path, dst path) inside whole pairs
+    fused: List[FusedGroup] = field(default_factory=list)  # fused projections, one per kind (fused.py)
 
     def layer_pairs(self) -> List[Tuple[str, str]]:
         """(source path, destination path) of every pair of layers the plan pairs: units and
-        the layers paired inside units copied as a whole."""
+        the layers paired inside units copied as a whole. The layers of a fused group are not
+        among them: a fused Linear's call has no single counterpart (see ``fused_layers``)."""
         return [(su.path, du.path) for su, du in self.unit_pairs] + list(self.inner_pairs)
+
+    def fused_layers(self) -> List[Tuple[Tuple[str, ...], Tuple[str, ...]]]:
+        """(source layer paths, destination layer paths) of every fused group: one fused Linear
+        on one side, its parts on the other. Their calls stand for each other only together."""
+        seen, out = set(), []
+        for link in self.links:
+            g = link.converted.fused
+            if g is None or id(g) in seen:
+                continue
+            seen.add(id(g))
+            fused, parts = (g.fused_path,), tuple(g.part_paths)
+            out.append((fused, parts) if g.fused_is_src else (parts, fused))
+        return out
 
     @property
     def ok(self) -> bool:
@@ -134,6 +173,7 @@ class Ctx:
     cross: bool
     layer_map: object = None
     values: Optional[Dict[int, np.ndarray]] = None
+    keep_values: bool = True  # False: links keep how to convert, not the converted values (the converter)
     _compat: Dict[tuple, bool] = field(default_factory=dict)
     inner_pairs: List[Tuple[str, str]] = field(default_factory=list)  # paths of layers paired inside whole pairs
 
@@ -178,11 +218,13 @@ def _run_rule(rule, src_state, dst_spec, s_kind, d_kind) -> List[Converted]:
         if c.dst_name not in shapes or c.dst_name in seen:
             raise PadiffError(f"{who} for {s_kind} -> {d_kind} returned `{c.dst_name}`, which is "
                               f"{'given twice' if c.dst_name in seen else 'not a tensor of ' + d_kind}.")
-        if c.src_name not in src_names:
-            raise PadiffError(f"{who} for {s_kind} -> {d_kind} names source `{c.src_name}`, which {s_kind} "
-                              f"does not have ({', '.join(sorted(src_names))}).")
+        for name in c.src_names:
+            if name not in src_names:
+                raise PadiffError(f"{who} for {s_kind} -> {d_kind} names source `{name}`, which {s_kind} "
+                                  f"does not have ({', '.join(sorted(src_names))}).")
         if tuple(np.shape(c.array)) != tuple(shapes[c.dst_name]):
-            raise RuleError(f"Shape of `{c.dst_name}` made from `{c.src_name}` of {s_kind} does not fit {d_kind}: "
+            made = ", ".join(f"`{n}`" for n in c.src_names)
+            raise RuleError(f"Shape of `{c.dst_name}` made from {made} of {s_kind} does not fit {d_kind}: "
                             f"{list(np.shape(c.array))} vs {list(shapes[c.dst_name])}", c.src_name, c.dst_name)
         seen.add(c.dst_name)
     missing = [n for n, _ in dst_spec if n not in seen]
@@ -217,10 +259,7 @@ def _decompose(ctx: Ctx, s_layer, d_layer, s_path: str, d_path: str) -> List[Con
     """Open a pair copied as a whole and pair its insides by structure."""
     ts = build_tree(ctx.src_ad, s_layer, s_path, ctx.layer_map, enter_root=True)
     td = build_tree(ctx.dst_ad, d_layer, d_path, ctx.layer_map, enter_root=True)
-    found = match_trees(ts, td, lambda a, b, whole: node_compat(ctx, a, b, whole), ctx.cross)
-    split = []
-    if found.unpaired_src and found.unpaired_dst:
-        split, found.unpaired_src, found.unpaired_dst = _split_fused(ctx, found.unpaired_src, found.unpaired_dst)
+    found = match_trees(ts, td, lambda a, b, whole: node_compat(ctx, a, b, whole), ctx.cross, linear_dims(ctx))
     for nodes, label, other in ((found.unpaired_dst, ctx.dst_ad.name, ctx.src_ad.name),
                                 (found.unpaired_src, ctx.src_ad.name, ctx.dst_ad.name)):
         if nodes:
@@ -233,13 +272,15 @@ def _decompose(ctx: Ctx, s_layer, d_layer, s_path: str, d_path: str) -> List[Con
                 _join(n.rel, n.tensors[0][0]) if n.tensors and label == ctx.src_ad.name else "",
                 _join(n.rel, n.tensors[0][0]) if n.tensors and label == ctx.dst_ad.name else "",
             )
-    out = list(split)
+    out = []
+    for fm in found.fused:
+        out += _fused_conversions(ctx, fm, lambda n, t: _join(n.rel, t))
     for m in found.pairs:
         a, b = m.src, m.dst
         ctx.inner_pairs.append((a.path, b.path))
         conv = convert_pair(ctx, a.layer, b.layer, _node_tensors(ctx.src_ad, a), _node_tensors(ctx.dst_ad, b),
                             whole=not (a.own or b.own), s_path=a.path, d_path=b.path)
-        out += [replace(c, src_name=_join(a.rel, c.src_name), dst_name=_join(b.rel, c.dst_name)) for c in conv]
+        out += [c.renamed(a.rel, b.rel) for c in conv]
     return out
 
 
@@ -248,62 +289,81 @@ def _out_in(ad, shape) -> Tuple[int, int]:
     return (shape[0], shape[1]) if ad.linear_weight_layout == "out_in" else (shape[1], shape[0])
 
 
-def _split_t(lo: int, hi: int, src_out_in: bool, dst_out_in: bool, is_weight: bool):
-    def t(a: np.ndarray) -> np.ndarray:
-        if not is_weight:
-            return np.ascontiguousarray(a[lo:hi])
-        part = a[lo:hi] if src_out_in else a[:, lo:hi]
-        return np.ascontiguousarray(part.T if src_out_in != dst_out_in else part)
-    return t
-
-
-def _split_fused(ctx: Ctx, srcs: List[Node], dsts: List[Node]):
-    """A fused Linear (``qkv`` with 3E outputs) against consecutive Linears with the same
-    inputs whose outputs add up to it (``q``, ``k``, ``v``): the fused weight is split by
-    rows. Returns the conversions and the nodes still without a partner."""
-    from .rules import family
-
-    out, used, left_s = [], set(), []
+def linear_dims(ctx: Ctx):
+    """For the matcher: ``dims(node, is_src)`` = (out_features, in_features, has_bias) of a
+    Linear leaf (a weight and maybe a bias, nothing else), None for anything else; None
+    altogether when an adapter does not say how it stores Linear weights."""
     if getattr(ctx.src_ad, "linear_weight_layout", None) is None or \
             getattr(ctx.dst_ad, "linear_weight_layout", None) is None:
-        return out, list(srcs), list(dsts)  # an adapter that does not say how it stores Linear weights
-    linear = [d for d in dsts if d.is_leaf and family(d.cls) == "linear"]
-    for s in srcs:
-        st = {n: t for n, t, _ in s.tensors}
-        if not (s.is_leaf and family(s.cls) == "linear" and "weight" in st
-                and len(ctx.src_ad.shape(st["weight"])) == 2):
-            left_s.append(s)
-            continue
-        s_out, s_in = _out_in(ctx.src_ad, ctx.src_ad.shape(st["weight"]))
-        run, total = [], 0
-        for d in linear:
-            if id(d) in used:
-                continue
-            dt = {n: t for n, t, _ in d.tensors}
-            if "weight" not in dt or len(ctx.dst_ad.shape(dt["weight"])) != 2 or ("bias" in dt) != ("bias" in st):
-                continue
-            d_out, d_in = _out_in(ctx.dst_ad, ctx.dst_ad.shape(dt["weight"]))
-            if d_in != s_in or total + d_out > s_out:
-                run, total = [], 0
-                if d_in != s_in or d_out > s_out:
-                    continue
-            run.append((d, d_out))
-            total += d_out
-            if total == s_out:
-                break
-        if total != s_out or len(run) < 2:
-            left_s.append(s)
-            continue
-        s_oi, d_oi = ctx.src_ad.linear_weight_layout == "out_in", ctx.dst_ad.linear_weight_layout == "out_in"
-        lo = 0
-        for d, d_out in run:
-            used.add(id(d))
-            for name in ("weight", "bias") if "bias" in st else ("weight",):
-                t = _split_t(lo, lo + d_out, s_oi, d_oi, name == "weight")
-                note = "split" + (" + transposed" if name == "weight" and s_oi != d_oi else "")
-                out.append(Converted(_join(d.rel, name), _join(s.rel, name), t(ctx.value(st[name])), note, t))
-            lo += d_out
-    return out, left_s, [d for d in dsts if id(d) not in used]
+        return None
+
+    def dims(node: Node, is_src: bool):
+        ad = ctx.src_ad if is_src else ctx.dst_ad
+        if not node.is_leaf or node.own or family(node.cls) != "linear":
+            return None
+        named = {n: t for n, t, _ in node.tensors}
+        if "weight" not in named or set(named) - {"weight", "bias"}:
+            return None
+        shape = tuple(ad.shape(named["weight"]))
+        if len(shape) != 2:
+            return None
+        out, inn = _out_in(ad, shape)
+        if "bias" in named and tuple(ad.shape(named["bias"])) != (out,):
+            return None
+        return int(out), int(inn), "bias" in named
+    return dims
+
+
+def _fused_group(ctx: Ctx, fm: FusedMatch) -> FusedGroup:
+    ad = ctx.dst_ad if fm.fused_is_src else ctx.src_ad
+    sizes = []
+    for p in fm.parts:
+        w = next(t for n, t, _ in p.tensors if n == "weight")
+        sizes.append(int(_out_in(ad, tuple(ad.shape(w)))[0]))
+    return FusedGroup(fm.fused_is_src, fm.fused.path, [p.path for p in fm.parts], sizes,
+                      ctx.src_ad.linear_weight_layout == "out_in", ctx.dst_ad.linear_weight_layout == "out_in",
+                      (fm.parent_src.layer, fm.parent_dst.layer), (fm.parent_src.path, fm.parent_dst.path),
+                      candidates(sizes))
+
+
+def _fused_conversions(ctx: Ctx, fm: FusedMatch, name) -> List[Converted]:
+    """The conversions of a fused group; ``name(node, tensor name)`` names a tensor as the
+    caller's pair does (relative to a pair converted as a whole, or to the node's own unit)."""
+    group = _fused_group(ctx, fm)
+    tensors = {n: t for n, t, _ in fm.fused.tensors}
+    parts = [{n: t for n, t, _ in p.tensors} for p in fm.parts]
+
+    def src_value(t, i):
+        return ctx.value(tensors[t] if i < 0 else parts[i][t])
+
+    return conversions(group, [n for n in ("weight", "bias") if n in tensors],
+                       lambda i, t: name(fm.parts[i], t), lambda t: name(fm.fused, t), src_value)
+
+
+def _fused_links(ctx: Ctx, fm: FusedMatch) -> List[TensorLink]:
+    """Links of a fused group found among the units: the fused Linear and each part are units
+    of their own, so every tensor name is qualified by its layer (0: the fused one, i: part i)."""
+    f_ad, p_ad = (ctx.src_ad, ctx.dst_ad) if fm.fused_is_src else (ctx.dst_ad, ctx.src_ad)
+    nodes = [fm.fused] + list(fm.parts)
+    units = [_unit_of(f_ad, fm.fused)] + [_unit_of(p_ad, p) for p in fm.parts]
+    index = {id(n): k for k, n in enumerate(nodes)}
+
+    def locate(qualified):
+        k, name = qualified.split("|", 1)
+        unit = units[int(k)]
+        t, is_param = next((t, p) for n, t, p in unit.tensors if n == name)
+        return unit, name, t, is_param
+
+    links = []
+    for c in _fused_conversions(ctx, fm, lambda n, t: f"{index[id(n)]}|{t}"):
+        srcs = [locate(q)[:3] for q in c.src_names]
+        d_unit, d_name, d_tensor, is_param = locate(c.dst_name)
+        conv = replace(c, src_name=tuple(n for _, n, _ in srcs), src_names=(), dst_name=d_name)
+        (su, sn, st), more = srcs[0], tuple(srcs[1:])
+        links.append(TensorLink(su, d_unit, sn, d_name, st, d_tensor, is_param, conv, more))
+        if not ctx.keep_values:
+            conv.array = None
+    return links
 
 
 def node_compat(ctx: Ctx, s: Node, d: Node, whole: bool) -> bool:
@@ -363,7 +423,11 @@ def _links_for(ctx: Ctx, plan: WeightPlan, pairs) -> Optional[CopyFailure]:
         d_by_name = {n: (t, p) for n, t, p in du.tensors}
         for c in converted:
             dt, is_param = d_by_name[c.dst_name]
-            plan.links.append(TensorLink(su, du, c.src_name, c.dst_name, s_by_name[c.src_name], dt, is_param, c))
+            more = tuple((su, n, s_by_name[n]) for n in c.src_names[1:])
+            plan.links.append(TensorLink(su, du, c.src_name, c.dst_name, s_by_name[c.src_name], dt, is_param, c,
+                                         more))
+            if not ctx.keep_values:
+                c.array = None
     return None
 
 
@@ -402,13 +466,20 @@ def _by_structure(ctx: Ctx, src: Side, dst: Side, layer_map) -> Optional[WeightP
     exclude = frozenset(id(x) for u, v in given for x in (u.layer, v.layer))
     ts = build_tree(ctx.src_ad, src.model, src.name, layer_map, exclude=exclude)
     td = build_tree(ctx.dst_ad, dst.model, dst.name, layer_map, exclude=exclude)
-    found = match_trees(ts, td, lambda a, b, whole: node_compat(ctx, a, b, whole), ctx.cross)
+    found = match_trees(ts, td, lambda a, b, whole: node_compat(ctx, a, b, whole), ctx.cross, linear_dims(ctx))
     if not found.complete:
         return None
     plan = WeightPlan(src, dst, how="structure")
     plan.unit_pairs = given + [(_unit_of(ctx.src_ad, m.src), _unit_of(ctx.dst_ad, m.dst)) for m in found.pairs]
     plan.matches = [(m.src.label(), m.src.cls, m.dst.label(), m.dst.cls, m.how) for m in found.pairs]
+    for fm in found.fused:
+        parts = (brace([p.path for p in fm.parts]), f"{fm.parts[0].cls} x{len(fm.parts)}")
+        ends = ((fm.fused.path, fm.fused.cls), parts) if fm.fused_is_src else (parts, (fm.fused.path, fm.fused.cls))
+        plan.matches.append((ends[0][0], ends[0][1], ends[1][0], ends[1][1], fm.how))
     plan.failure = _links_for(ctx, plan, plan.unit_pairs)
+    if plan.failure is None:
+        for fm in found.fused:
+            plan.links += _fused_links(ctx, fm)
     return plan if plan.failure is None else None
 
 
@@ -448,24 +519,46 @@ def _transient_links(ctx: Ctx, plan: WeightPlan) -> None:
             f"{', ...' if len(alone) > 4 else ''}.")
 
 
-def plan_copy(src: Side, dst: Side, layer_map=None, *, values: Optional[Dict[int, np.ndarray]] = None) -> WeightPlan:
-    """Work out every tensor copy from ``src`` into ``dst`` without writing anything.
+def _misnamed(plan: WeightPlan) -> List[Tuple[str, str]]:
+    """Unit pairs whose paths below the two models differ (``mlp.gate_proj`` with ``mlp.up_proj``):
+    registration order may pair look-alikes that a port defines in another order."""
+    rel = lambda path: path.split(".", 1)[1] if "." in path else ""
+    return [(su.path, du.path) for su, du in plan.unit_pairs if rel(su.path) != rel(du.path)]
+
+
+def plan_copy(src: Side, dst: Side, layer_map=None, *, values: Optional[Dict[int, np.ndarray]] = None,
+              probe=None, keep_values: bool = True) -> WeightPlan:
+    """Work out every tensor copy from ``src`` into ``dst``; the destination is left as it was.
     ``values`` (id(source tensor) -> array) replaces source values (the checkpoint converter).
+    ``probe``: two no-argument callables running ``src`` and ``dst`` on the user's inputs, to
+    find the row layout of fused projections (``fused.py``); the models are restored after.
+    ``keep_values=False``: each link's ``converted.array`` is dropped once its pair converted
+    (the transform stays), so planning holds one pair's values at a time (the checkpoint
+    converter, which applies the transforms to a checkpoint's tensors one by one).
 
     Layers are paired in registration order (the seeds' rule) after the LayerMap's pairs;
-    where that does not pair the two models, by structure (``plan.how == "structure"``,
-    the pairs in ``plan.matches``). The failure of registration order is reported when
-    structure does not pair them either."""
-    ctx = Ctx(src.adapter, dst.adapter, src.adapter.name != dst.adapter.name, layer_map, values)
+    where that does not pair the two models, or pairs layers of other names where structure
+    pairs more of them by name, by structure (``plan.how == "structure"``, the pairs in
+    ``plan.matches``). The failure of registration order is reported when structure does not
+    pair them either."""
+    ctx = Ctx(src.adapter, dst.adapter, src.adapter.name != dst.adapter.name, layer_map, values,
+              keep_values)
     plan = _by_order(ctx, src, dst, layer_map)
-    if not plan.ok:
+    misnamed = _misnamed(plan) if plan.ok else []
+    if not plan.ok or misnamed:
+        kept = list(ctx.inner_pairs)
         ctx.inner_pairs.clear()
         other = _by_structure(ctx, src, dst, layer_map)
-        if other is not None:
-            other.order_failure = plan.failure
+        if other is not None and (not plan.ok or len(_misnamed(other)) < len(misnamed)):
+            other.order_failure = plan.failure or CopyFailure(
+                f"it pairs `{misnamed[0][0]}` with `{misnamed[0][1]}`, whose names differ", None, None)
             plan = other
+        else:
+            ctx.inner_pairs[:] = kept
     if plan.ok:
         _transient_links(ctx, plan)
+        plan.fused = settle(plan.links, src, dst, ctx.value, probe)
+        plan.notes += [g.describe(src.label, dst.label) for g in plan.fused]
     plan.inner_pairs = list(ctx.inner_pairs)
     return plan
 

@@ -16,7 +16,12 @@ The two trees are matched level by level, from the root down:
    rule), look-alikes again resolved by name, neighbour and order; then subtrees that are
    mostly alike; the insides of paired subtrees are matched in turn;
 5. otherwise wrappers are opened (their children move up a level) and matching goes on,
-   so a ``Sequential(conv, bn)`` on one side meets a flat ``conv, bn`` on the other.
+   so a ``Sequential(conv, bn)`` on one side meets a flat ``conv, bn`` on the other;
+6. a fused Linear against two or more Linears of the same block on the other side (q/k/v
+   against ``qkv_proj``, gate/up against ``gate_up_proj``): same input size and bias, output
+   sizes adding up; among several such sets the one whose names the fused name holds
+   (``q``, ``k``, ``v`` in ``qkv``), then the one defined in a row. The pair of blocks it was
+   found in is kept: ``fused.py`` runs them to find the layout of the rows.
 
 Leaves left over anywhere are matched once more model-wide. Every candidate pair is checked
 by actually running its conversion rule on the shapes (a transposed Linear fits, a Linear of
@@ -25,6 +30,8 @@ other sizes does not). The result is data; ``report/weights.py`` prints it.
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
@@ -180,8 +187,25 @@ class Match:
 
 
 @dataclass
+class FusedMatch:
+    """A fused Linear on one side and its parts (in definition order) on the other, found among
+    the layers of the pair of blocks ``parent_src``/``parent_dst``."""
+
+    fused: Node
+    parts: List[Node]
+    fused_is_src: bool
+    parent_src: Node
+    parent_dst: Node
+
+    @property
+    def how(self) -> str:
+        return "fused"
+
+
+@dataclass
 class MatchResult:
     pairs: List[Match] = field(default_factory=list)
+    fused: List[FusedMatch] = field(default_factory=list)
     unpaired_src: List[Node] = field(default_factory=list)
     unpaired_dst: List[Node] = field(default_factory=list)
 
@@ -210,11 +234,15 @@ def _rel_to(n: Node, base: str) -> str:
 
 class Matcher:
     """Matches two trees. ``compat(src_node, dst_node, whole)`` says whether the pair's state
-    converts (it runs the rule); it is called only for candidates of one kind and size."""
+    converts (it runs the rule); it is called only for candidates of one kind and size.
+    ``dims(node, is_src)``, when given, is ``(out_features, in_features, has_bias)`` for a
+    Linear leaf and None otherwise: with it, fused Linears are matched with their parts."""
 
-    def __init__(self, compat: Callable[[Node, Node, bool], bool], cross: bool):
+    def __init__(self, compat: Callable[[Node, Node, bool], bool], cross: bool,
+                 dims: Optional[Callable[[Node, bool], Optional[Tuple[int, int, bool]]]] = None):
         self.compat = compat
         self.cross = cross
+        self.dims = dims
         self.result = MatchResult()
         self._pool_s: List[Node] = []
         self._pool_d: List[Node] = []
@@ -226,13 +254,13 @@ class Matcher:
             self.result.unpaired_dst += td.leaves() if td else []
             return self.result
         if ts.is_leaf or td.is_leaf:
-            self._level([ts], [td], "", "")
+            self._level([ts], [td], "", "", parents=(ts, td))
         else:
-            self._level(ts.kids, td.kids, ts.rel, td.rel)
+            self._level(ts.kids, td.kids, ts.rel, td.rel, parents=(ts, td))
         # Leaves left anywhere get one more, model-wide chance.
         if self._pool_s and self._pool_d:
             self._level(sorted(self._pool_s, key=lambda n: n.index), sorted(self._pool_d, key=lambda n: n.index),
-                        None, None, final_pool=True)
+                        None, None, final_pool=True, parents=(ts, td))
         else:
             self.result.unpaired_src += self._pool_s
             self.result.unpaired_dst += self._pool_d
@@ -242,7 +270,7 @@ class Matcher:
         return self.result
 
     # --- one level -------------------------------------------------------------------------
-    def _level(self, seq_s, seq_d, base_s, base_d, final_pool: bool = False):
+    def _level(self, seq_s, seq_d, base_s, base_d, final_pool: bool = False, parents=None):
         seq_s, seq_d = list(seq_s), list(seq_d)
         done: Dict[int, Tuple[Node, str]] = {}  # id(node) -> (partner, how)
         names = {}
@@ -271,22 +299,25 @@ class Matcher:
                 seq_s = self._open(seq_s, done)
                 seq_d = self._open(seq_d, done)
                 continue
+            if self._by_fusion(un_s, un_d, done, parents, same_parent=final_pool):
+                continue
             if self._by_key(un_s, un_d, seq_s, seq_d, done, final=True):
                 continue
             break
-        pairs = [(n, done[id(n)]) for n in seq_s if id(n) in done]
+        pairs = [(n, done[id(n)]) for n in seq_s if id(n) in done and done[id(n)][0] is not None]
         for s, (d, how) in pairs:
             if s.is_leaf or d.is_leaf:
                 self.result.pairs.append(Match(s, d, how))
                 continue
-            mark = (len(self.result.pairs), len(self._pool_s), len(self._pool_d))
-            self._level(s.kids, d.kids, s.rel, d.rel)
+            mark = (len(self.result.pairs), len(self._pool_s), len(self._pool_d), len(self.result.fused))
+            self._level(s.kids, d.kids, s.rel, d.rel, parents=(s, d))
             if len(self._pool_s) > mark[1] and len(self._pool_d) > mark[2] and self.compat(s, d, True):
-                # Their insides do not pair one to one, yet the two convert as a whole (a fused
-                # qkv Linear against q, k, v): the pair is copied as a whole.
+                # Their insides do not pair one to one, yet the two convert as a whole (by a
+                # rule registered for the two classes): the pair is copied as a whole.
                 del self.result.pairs[mark[0]:]
                 del self._pool_s[mark[1]:]
                 del self._pool_d[mark[2]:]
+                del self.result.fused[mark[3]:]
                 self.result.pairs.append(Match(s, d, "whole"))
         left_s = [l for n in seq_s if id(n) not in done for l in n.leaves()]
         left_d = [l for n in seq_d if id(n) not in done for l in n.leaves()]
@@ -431,6 +462,62 @@ class Matcher:
                 progress = True
         return progress
 
+    # --- 6: a fused Linear against its parts ------------------------------------------------
+    def _by_fusion(self, un_s, un_d, done, parents, same_parent: bool = False) -> bool:
+        """One Linear leaf against two or more Linear leaves of the other side with the same
+        input size and bias whose output sizes add up to its own. ``same_parent``: the parts
+        must be siblings (the model-wide pool mixes blocks)."""
+        if self.dims is None or parents is None:
+            return False
+        progress = False
+        for fused_is_src, singles, others in ((False, un_d, un_s), (True, un_s, un_d)):
+            for x in singles:
+                if id(x) in done or not x.is_leaf or x.own:
+                    continue
+                dx = self.dims(x, fused_is_src)
+                if dx is None:
+                    continue
+                cands = []
+                for y in others:
+                    if id(y) in done or not y.is_leaf or y.own:
+                        continue
+                    dy = self.dims(y, not fused_is_src)
+                    if dy is not None and dy[1] == dx[1] and dy[2] == dx[2] and dy[0] < dx[0]:
+                        cands.append((y, dy[0]))
+                parts = self._fusion_parts(x, cands, dx[0], same_parent)
+                if parts is None:
+                    continue
+                for n in [x] + parts:
+                    done[id(n)] = (None, "fused")
+                ps, pd = parents
+                self.result.fused.append(FusedMatch(x, parts, fused_is_src, ps, pd))
+                progress = True
+        return progress
+
+    @staticmethod
+    def _fusion_parts(x: Node, cands, total: int, same_parent: bool) -> Optional[List[Node]]:
+        """The set of candidate parts whose sizes add up to ``total``: the one whose names the
+        fused layer's name holds best, then one defined in a row, then the first defined."""
+        cands = sorted(cands, key=lambda c: c[0].index)[:12]
+        tokens = [t for t in re.split(r"[^a-z]+", _last(x.rel or x.path).lower()) if t]
+        best, best_key = None, None
+        for k in range(2, min(4, len(cands)) + 1):
+            for combo in itertools.combinations(cands, k):
+                if sum(size for _, size in combo) != total:
+                    continue
+                nodes = [n for n, _ in combo]
+                if same_parent and len({n.path.rsplit(".", 1)[0] for n in nodes}) != 1:
+                    continue
+                names = [[t for t in re.split(r"[^a-z]+", _last(n.rel or n.path).lower()) if t] for n in nodes]
+                shared = set.intersection(*(set(t) for t in names)) if names else set()
+                own = [u for u in tokens if u not in shared]  # "qkv" of "qkv_proj"
+                held = sum(1 for ts in names if any(t not in shared and any(t in u for u in own) for t in ts))
+                in_row = all(b.index == a.index + 1 for a, b in zip(nodes, nodes[1:]))
+                key = (held, in_row, -nodes[0].index)
+                if best_key is None or key > best_key:
+                    best, best_key = nodes, key
+        return best
+
     # --- 4: subtrees that are mostly alike -------------------------------------------------------
     def _similar(self, un_s, un_d, done) -> bool:
         trees_s = [n for n in un_s if not n.is_leaf]
@@ -459,8 +546,8 @@ class Matcher:
         return progress
 
 
-def match_trees(ts, td, compat, cross) -> MatchResult:
-    return Matcher(compat, cross).run(ts, td)
+def match_trees(ts, td, compat, cross, dims=None) -> MatchResult:
+    return Matcher(compat, cross, dims).run(ts, td)
 
 
 # --- LayerMap.auto --------------------------------------------------------------------------
@@ -506,7 +593,8 @@ def auto_pairs(layer_map, a, b, stream=None) -> AutoResult:
 
     from ..report.weights import auto_table_lines
     from ..side import make_sides
-    from .assign import Ctx, node_compat
+    from .assign import Ctx, linear_dims, node_compat
+    from .fused import brace
 
     sides, ref_i = make_sides(a, b)
     src, dst = sides[ref_i], sides[1 - ref_i]
@@ -516,7 +604,7 @@ def auto_pairs(layer_map, a, b, stream=None) -> AutoResult:
     ctx = Ctx(src.adapter, dst.adapter, src.adapter.name != dst.adapter.name, layer_map)
     ts = build_tree(src.adapter, src.model, src.name, layer_map, exclude=exclude)
     td = build_tree(dst.adapter, dst.model, dst.name, layer_map, exclude=exclude)
-    found = match_trees(ts, td, lambda s, d, whole: node_compat(ctx, s, d, whole), ctx.cross)
+    found = match_trees(ts, td, lambda s, d, whole: node_compat(ctx, s, d, whole), ctx.cross, linear_dims(ctx))
     layer_map.set_auto([(m.src.layer, m.dst.layer, m.whole or not (m.src.own or m.dst.own)) for m in found.pairs])
 
     first_is_src = ref_i == 0
@@ -530,6 +618,11 @@ def auto_pairs(layer_map, a, b, stream=None) -> AutoResult:
     for m in found.pairs:
         f, s = (m.src, m.dst) if first_is_src else (m.dst, m.src)
         res.pairs.append(AutoPair(f.label(), f.cls, s.label(), s.cls, m.how))
+    for fm in found.fused:  # not kept in the map: a fused Linear pairs with no single layer
+        one = (fm.fused.path, fm.fused.cls)
+        many = (brace([p.path for p in fm.parts]), f"{fm.parts[0].cls} x{len(fm.parts)}")
+        f, s = (one, many) if fm.fused_is_src == first_is_src else (many, one)
+        res.pairs.append(AutoPair(f[0], f[1], s[0], s[1], fm.how))
     for nodes, side in ((found.unpaired_src, src), (found.unpaired_dst, dst)):
         rows = [(n.label(), n.cls, _shapes(side.adapter, n)) for n in nodes]
         if side is sides[0]:

@@ -22,13 +22,30 @@ expected names and shapes, both in registration order, and returns one :class:`C
 per destination tensor (or raises :class:`RuleError` naming the tensors). ``transform`` maps
 a source-layout array to the destination layout; padiff also uses it to compare gradients
 and updated weights, so it must do the same thing the rule did to the value.
+
+One destination tensor may be made from several source tensors of the layer: give their
+names as a tuple, and ``transform`` takes a list of arrays in that order. padiff then compares
+the destination's gradient (and its value after an optimizer step) against the same fusion
+of the sources' gradients (values)::
+
+    def halves(src, dst, *, src_kind, dst_kind):
+        # torch: w1 [3, 5] and w2 [4, 5] ([out, in]); paddle: kernel [5, 7] ([in, out])
+        s = dict(src)
+        (name, shape), = dst
+        fuse = lambda arrays: np.concatenate(arrays).T
+        return [Converted(name, ("w1", "w2"), fuse([s["w1"], s["w2"]]), "fused", fuse)]
+
+The other way round (one source split into several destinations) needs nothing new: each
+destination's ``Converted`` names the one source and slices it. Fused projections between
+separate Linears (``q_proj``, ``k_proj``, ``v_proj`` as layers of their own) and one fused
+Linear need no rule: the structural matcher pairs them and ``fused.py`` finds their layout.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -52,12 +69,52 @@ def _same(a: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Converted:
+    """One destination tensor's value and how it is made from the source layer's tensors.
+
+    ``src_name`` names one source tensor, or several (a tuple or list: a fused destination,
+    ``("q.weight", "k.weight", "v.weight")``); ``src_names`` always holds them all and
+    ``src_name`` the first. ``transform`` maps source-layout values to the destination
+    layout: it takes one array for one source, a list of arrays (in ``src_names`` order) for
+    several. padiff applies it to gradients and updated weights too (:meth:`apply`)."""
+
     dst_name: str
-    src_name: str
+    src_name: Union[str, Sequence[str]]
     array: np.ndarray
-    note: str = ""  # "", "transposed", "renamed", "split", ...
-    # Maps a source-layout array to the destination layout (for comparing grads/weights).
-    transform: Callable[[np.ndarray], np.ndarray] = staticmethod(_same)
+    note: str = ""  # "", "transposed", "renamed", "split", "fused", ...
+    # Maps a source-layout array (a list of them for several sources) to the destination layout.
+    transform: Callable = staticmethod(_same)
+    src_names: Tuple[str, ...] = ()
+    fused: Any = None  # the fused.FusedGroup whose layout this conversion follows (set by padiff)
+    fused_part: int = -1  # which part of that group this destination is (a fused source split)
+
+    def __post_init__(self):
+        if not isinstance(self.src_name, str):
+            self.src_names = tuple(self.src_name)
+            if not self.src_names:
+                raise RuleError(f"Converted(`{self.dst_name}`, ...) names no source tensor.", "", self.dst_name)
+            self.src_name = self.src_names[0]
+        elif not self.src_names:
+            self.src_names = (self.src_name,)
+        else:
+            self.src_names = tuple(self.src_names)
+            self.src_name = self.src_names[0]
+
+    @property
+    def several(self) -> bool:
+        """True when the destination is made from several source tensors."""
+        return len(self.src_names) > 1
+
+    def apply(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        """The transform on source-layout values, one per name in ``src_names``."""
+        if len(arrays) != len(self.src_names):
+            raise ValueError(f"{len(self.src_names)} source value(s) expected for `{self.dst_name}`, got {len(arrays)}")
+        return self.transform(list(arrays)) if self.several else self.transform(arrays[0])
+
+    def renamed(self, src_prefix: str, dst_prefix: str) -> "Converted":
+        """The same conversion with every name below a prefix (a pair converted inside a larger one)."""
+        join = lambda p, n: f"{p}.{n}" if p else n
+        return replace(self, src_name=tuple(join(src_prefix, n) for n in self.src_names), src_names=(),
+                       dst_name=join(dst_prefix, self.dst_name))
 
 
 def _transpose(a: np.ndarray) -> np.ndarray:
