@@ -21,8 +21,8 @@ from .compare.engine import (compare_backward, compare_forward, compare_outputs,
 from .compare.metrics import TensorDiff, compare_arrays, compare_records, explained_error, tolerance_for
 from .compare.origin import step_origin
 from .compare.overlap import Arrivals, Background, wants_overlap
-from .compare.pairing import (composite_boundaries, correspondence, layer_paths, pair_traces,
-                              shift_fused_activations)
+from .compare.edges import composite_boundaries, shift_fused_activations
+from .compare.pairing import correspondence, layer_paths, pair_traces
 from .compare.result import AlignResult, Finding, StepResult
 from .errors import PadiffError
 from .frameworks import adapter_for
