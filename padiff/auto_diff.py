@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from .compare import nonfinite
 from .compare.context import GradientContext
 from .compare.engine import (compare_backward, compare_forward, compare_outputs, compare_links, gap_notes,
                              largest_magnitude)
@@ -26,13 +27,13 @@ from .compare.pairing import correspondence, layer_paths, pair_traces
 from .compare.result import AlignResult, Finding, StepResult
 from .errors import PadiffError
 from .frameworks import adapter_for
-from .options import Options, build_options
+from .options import Options, build_options, preflight
 from .record.recorder import Recorder
 from .record.spill import Spill
 from ._memory import release_freed_memory
 from .record.trace import TensorRecord
 from .report import console
-from .report.weights import copy_failure_lines, structure_lines
+from .report.weights import copy_failure_lines, copy_failure_message, structure_lines
 from .side import Side, make_sides
 from .structure import flatten, show_id
 from .weights.assign import WeightPlan, apply_copy, plan_copy
@@ -43,16 +44,19 @@ P = console.P
 
 
 class _Printer:
-    """Prints report lines as they come and keeps them for ``AlignResult.report``."""
+    """Prints report lines as they come (unless ``quiet``) and keeps them for
+    ``AlignResult.report``."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, quiet: bool = False):
         self.stream = stream
+        self.quiet = quiet
         self.lines: List[str] = []
 
     def __call__(self, *lines: str) -> None:
         for line in lines:
             self.lines.append(line)
-            print(line, file=self.stream or sys.stdout)
+            if not self.quiet:
+                print(line, file=self.stream or sys.stdout)
 
     def text(self) -> str:
         return "\n".join(self.lines)
@@ -119,12 +123,46 @@ def _leaf_array(side: Side, leaf):
     return None, ""
 
 
-def check_inputs(sides, inputs, notes: List[str]) -> None:
-    """Same structure and shapes on both sides; a value difference is noted, not refused."""
+_ORDINAL = ("first", "second")
+
+
+def check_input_frameworks(sides, inputs) -> None:
+    """Each input holds tensors of its own model's framework: a torch tensor given to the paddle
+    model (inputs in the wrong order) is named before anything runs."""
+    from .frameworks import framework_of
+
+    foreign = []
+    for i, (side, inp) in enumerate(zip(sides, inputs)):
+        leaves = flatten(inp, lambda x: framework_of(x) is not None)
+        kinds = {}
+        for id_path, leaf in leaves:
+            fw = framework_of(leaf)
+            if fw is not None and fw != side.adapter.name:
+                kinds.setdefault(fw, show_id(id_path, "input"))
+        for fw, where in kinds.items():
+            foreign.append((i, fw, where))
+    if not foreign:
+        return
+    said = []
+    for i, fw, where in foreign:
+        said.append(f"the {_ORDINAL[i]} input holds {fw} tensors ({where}) but the {_ORDINAL[i]} model is "
+                    f"{sides[i].adapter.name}")
+    swapped = (len(foreign) == 2 and foreign[0][0] == 0 and foreign[1][0] == 1
+               and foreign[0][1] == sides[1].adapter.name and foreign[1][1] == sides[0].adapter.name)
+    text = ", and ".join(said)
+    raise PadiffError(
+        text[0].upper() + text[1:] + ": inputs are in model order (the first model's input first), each made of "
+        "its own model's tensors." + (" Swap the two inputs." if swapped else "")
+    )
+
+
+def check_inputs(sides, inputs, notes: List[str]) -> list:
+    """Same structure and shapes on both sides; a value difference is noted, not refused.
+    Returns where each model's input holds NaN/Inf (``compare.nonfinite.NonFinite``), noted too."""
     flat = []
     for side, inp in zip(sides, inputs):
         is_t = side.adapter.is_tensor
-        leaves = flatten(list(inp.values()) if isinstance(inp, dict) else inp, is_t)
+        leaves = flatten(inp, is_t)  # a dict's values in order, named by key: input["x"]
         flat.append(leaves)
     a, b = flat
     if len(a) != len(b):
@@ -132,8 +170,12 @@ def check_inputs(sides, inputs, notes: List[str]) -> None:
             f"The two inputs hold different numbers of values: {len(a)} for the {sides[0].label} model, "
             f"{len(b)} for the {sides[1].label} model. Give both models the same inputs, in the same order."
         )
+    arrays = [[], []]
     for (ia, la), (ib, lb) in zip(a, b):
         (xa, da), (xb, db) = _leaf_array(sides[0], la), _leaf_array(sides[1], lb)
+        for i, (idp, x) in enumerate(((ia, xa), (ib, xb))):
+            if x is not None:
+                arrays[i].append((idp, x))
         if xa is None or xb is None:
             continue
         name = show_id(ia, "input")
@@ -144,9 +186,17 @@ def check_inputs(sides, inputs, notes: List[str]) -> None:
             )
         if xa.size and xa.dtype.kind in "fc" and xb.dtype.kind in "fc":
             d = compare_arrays(xa, xb, tolerance_for(Options(), da, db))
-            if not d.passed:
+            if not d.passed and d.problem != "nan":  # NaN/Inf in an input: noted below
                 notes.append(f"The two models' inputs differ at {name} (greatest difference {d.max_abs:.3g}): "
                              "every layer will differ. Check that both sides get the same data.")
+    found = []
+    for side, arrs in zip(sides, arrays):
+        x = nonfinite.first_in_inputs(side.label, arrs)
+        if x is not None:
+            found.append(x)
+            notes.append(f"The {side.label} model's {x.what} holds {x.nan} NaN and {x.inf} Inf of {x.numel} values: "
+                         "every value computed from it will be non-finite.")
+    return found
 
 
 def _random_layers(side: Side) -> List[str]:
@@ -283,6 +333,28 @@ def _pair_of(value, what: str):
     return list(value)
 
 
+def _check_callables(sides, loss_fns, optimizers, schedulers) -> None:
+    """Each loss function is callable, each optimizer is one of its model's framework (or a
+    no-argument function), each scheduler has ``step`` (or is a function): said before any
+    model runs, not after the first backward."""
+    for i, side in enumerate(sides):
+        which = ("first", "second")[i]
+        if loss_fns is not None and not callable(loss_fns[i]):
+            raise PadiffError(f"loss_fn[{i}] (for the {which} model, {side.label}) is a {type(loss_fns[i]).__name__}, "
+                              "not a function: a loss_fn takes the model's output and returns a scalar tensor.")
+        if optimizers is not None:
+            opt = optimizers[i]
+            if not side.adapter.is_optimizer(opt) and not callable(opt):
+                raise PadiffError(f"optimizer[{i}] (for the {which} model, {side.label}) is a {type(opt).__name__}: "
+                                  "pass an optimizer of its framework or a no-argument function that updates the "
+                                  "weights.")
+        if schedulers is not None:
+            sched = schedulers[i]
+            if not hasattr(sched, "step") and not callable(sched):
+                raise PadiffError(f"scheduler[{i}] (for the {which} model, {side.label}) is a {type(sched).__name__}: "
+                                  "pass a learning-rate scheduler with .step(), or a no-argument function.")
+
+
 def _step_optimizer(side: Side, opt) -> None:
     ad = side.adapter
     if ad.is_optimizer(opt):
@@ -416,28 +488,31 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
     if steps is not None:
         kwargs["steps"] = steps
     opts = build_options(options, **kwargs)
+    preflight(opts)  # the log folder and the HTML report's needs, before any model runs
     layer_map = LayerMap.create_from(layer_map)
     sides, ref_i = make_sides(base_model, raw_model)
     ref, test = sides[ref_i], sides[1 - ref_i]
     loss_fns = _pair_of(loss_fn, "loss_fn")
     optimizers = _pair_of(optimizer, "optimizer")
     schedulers = _pair_of(scheduler, "scheduler")
+    _check_callables(sides, loss_fns, optimizers, schedulers)  # before any model runs
     if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
         raise PadiffError(
             "inputs must be a pair (input of the first model, input of the second model), each a dict of "
             "keyword arguments, a list/tuple of positional arguments, or a single tensor."
         )
+    check_input_frameworks(sides, inputs)
     notes: List[str] = []
     if opts.steps > 1 and optimizers is None:
         notes.append(f"steps={opts.steps} without an optimizer would repeat the same step: padiff ran 1 step. "
                      "Pass optimizer=[opt_for_first, opt_for_second] to train several steps.")
     opts = replace(opts, use_loss=loss_fns is not None, use_opt=optimizers is not None,
                    steps=opts.steps if optimizers is not None else 1)
-    out = _Printer()
+    out = _Printer(quiet=not opts.verbose)
     out(*console.options_block(opts.shown()))
 
     calls = [make_call(s, inp, notes, grad_inputs=opts.check_backward) for s, inp in zip(sides, inputs)]
-    check_inputs(sides, inputs, notes)
+    input_nonfinite = check_inputs(sides, inputs, notes)
     for s in sides:
         rnd = _random_layers(s)
         if rnd:
@@ -454,8 +529,11 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
         if not plan.ok:
             lines = copy_failure_lines(plan, first_side=sides[0], layer_map=layer_map, show_path=opts.path_log)
             out(*lines)
-            raise PadiffError("\n".join(lines[1:3] + [plan.failure.message]) +
-                              "\n(The full report with both model trees is printed above.)")
+            error = PadiffError("\n".join(copy_failure_message(plan)) + (
+                "\n(The full report with both model trees is printed above.)" if opts.verbose else
+                "\n(The full report with both model trees is this error's `report`.)"))
+            error.report = out.text()
+            raise error
         out(*structure_lines(plan))
         apply_copy(plan)
         out(f"{P} Assign weight success !!!")
@@ -507,6 +585,8 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
                     for job in compared:
                         job.abandon()  # a failed run: wait for the worker before leaving
                 sr.loss = _loss_finding(ref_run, test_run, loss_fns, opts, step)
+                if not sr.passed:  # where NaN/Inf first appeared, read before the arrays go
+                    nonfinite.track(sr, ref.label, test.label, inputs=input_nonfinite)
                 ref_run.trace.drop_arrays()  # every figure is in the findings now
                 test_run.trace.drop_arrays()
                 del ref_run, test_run, compared
@@ -541,6 +621,9 @@ def end_step(result: AlignResult, sr: StepResult, out, opts):
     out(f"{P} Max elementwise output diff is {sr.max_output_diff} (the model's final output)")
     out(*console.notes_block([n for n in sr.notes if n not in shown]))
     result.first = sr.first_failure
+    if result.first is not None and sr.nonfinite is None:  # an offline compare: its arrays are still readable
+        nonfinite.track(sr, result.ref_label, result.test_label)
+    result.nonfinite = list(sr.nonfinite or [])
     # Where the error jumped, apart from the verdict (single-step comparisons are each a
     # layer's own: nothing to trace back there).
     sr.likely_origin = None if opts.single_step else step_origin(sr)
@@ -570,9 +653,11 @@ def finish(result: AlignResult, out, ref, test, ref_i, opts) -> AlignResult:
         paths = write_reports(result, opts.log_dir)
         result.log_files.extend(paths)
         out(f"{P} Reports: " + paths[0], *[f"{P}          {p}" for p in paths[1:]])
-    from .report.tables import console_summary
+    from .report.tables import run_tail
 
-    out("", *console_summary(result, stream=out.stream or sys.stdout).splitlines())
+    # What the lines above did not say yet (how many comparisons, the error's growth), then the
+    # seeds' verdict line: one verdict per run, last.
+    out(*run_tail(result, stream=out.stream or sys.stdout))
     out(f"{P} SUCCESS !!!" if result.passed else f"{P} FAILED !!!")
     result.report = out.text()
     return result
@@ -632,6 +717,8 @@ def _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_
     forward = compare_forward(pairing, ref_run.trace.exit_order(), opts, step, memo, gaps=gaps)
     sr.notes.extend(gap_notes(gaps, ref.label, test.label))
     sr.max_output_diff = max((f.diff.max_abs for f in forward if f.ref_node is ref_run.trace.root), default=0.0)
+    if any(f.diff.problem == "nan" for f in forward if f.ref_node is ref_run.trace.root):
+        sr.max_output_diff = float("nan")  # a NaN/Inf output: no difference to state
     if opts.single_step:
         normal_first = next((f for f in forward if not f.passed), None)
         fwd, bwd = single_step_findings(pairing, ref_run, test_run, ref, test, opts, step)

@@ -45,7 +45,7 @@ from .compare.metrics import TensorDiff, compare_arrays, tolerance_for
 from .compare.result import AlignResult, Finding
 from .errors import PadiffError
 from .frameworks import adapter_for_value, framework_of
-from .options import Options, build_options
+from .options import Options, build_options, preflight
 from .report import checks as render
 from .report.console import write_log
 
@@ -413,6 +413,7 @@ def compare(a, b, *, name: str = "value", options: Optional[Mapping] = None, qui
     difference also writes it to ``<log_dir>/compare.log``.
     """
     opts = build_options(options, **kwargs)
+    preflight(opts)  # an unwritable log folder is named now, not after the comparison
     pairer = _Pairer(opts, str(name), "value")
     pairer.pair(a, b)
     result = CompareResult(pairer.passed, options=opts, test_label=_origin(a), ref_label=_origin(b),
@@ -459,6 +460,7 @@ def check_dataloader(a, b, max_batches: Optional[int] = None, *, name: str = "ba
     ``len(loader)``. Only the current pair of batches is held in memory. ``b`` is the reference.
     """
     opts = build_options(options, **kwargs)
+    preflight(opts)  # an unwritable log folder is named now, not after the comparison
     if max_batches is not None and (not isinstance(max_batches, int) or isinstance(max_batches, bool)
                                     or max_batches < 1):
         raise PadiffError(f"max_batches must be a whole number >= 1 (or None for all batches), got {max_batches!r}.")
@@ -602,6 +604,7 @@ def check_schedule(a, b, steps: int, *, name: str = "lr", options: Optional[Mapp
     build fresh ones for the check. ``b`` is the reference.
     """
     opts = build_options(options, **kwargs)
+    preflight(opts)  # an unwritable log folder is named now, not after the comparison
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise PadiffError(f"steps must be a whole number >= 1, got {steps!r}.")
     notes: List[str] = []

@@ -65,6 +65,13 @@ def compare_main(argv: Sequence[str]) -> int:
     parser.add_argument("--html", metavar="PATH", default=None,
                         help="also write the HTML report to PATH (a file, or a folder for padiff_report.html)")
     parser.add_argument("--quiet", action="store_true", help="print nothing; only the exit status tells")
+    dist = parser.add_argument_group("distributed dumps (a folder of rank<k> dumps)")
+    dist.add_argument("--jobs", type=int, default=1, metavar="N",
+                      help="compare pairs of ranks in N worker processes, one pair each at a time (default: 1)")
+    dist.add_argument("--rank", default=None, metavar="R",
+                      help="the rank a single-process dump is compared with (default: 0), or 'all'")
+    dist.add_argument("--tp-layout", action="append", default=[], metavar="PATH=LAYOUT",
+                      help="declare a layer's tensor-parallel layout (column, row, vocab or none); repeatable")
     parser.add_argument("--name", default=None, help=argparse.SUPPRESS)  # array files only
     args = parser.parse_args(argv)
     if _is_array_file(args.first) and _is_array_file(args.second):
@@ -80,6 +87,10 @@ def compare_main(argv: Sequence[str]) -> int:
         kwargs["skip_wrap_layer"] = True
     if args.path_log:
         kwargs["path_log"] = True
+    try:
+        kwargs.update(_distributed_args(args))
+    except PadiffError as exc:
+        return _error("compare", exc)
     for path in (args.first, args.second):
         if os.path.isfile(path):
             return _error("compare", PadiffError(
@@ -87,10 +98,14 @@ def compare_main(argv: Sequence[str]) -> int:
                 "files (.npy/.npz)."))
     try:
         from .dump import compare_dumps
+        from .dump.distributed import is_distributed
 
+        ranked = is_distributed(args.first) or is_distributed(args.second)
+        if args.html and ranked:  # one HTML report per pair of ranks, in each pair's log folder
+            kwargs["report"] = "html"
         with (contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext()):
             result = compare_dumps(args.first, args.second, **kwargs)
-        if args.html:
+        if args.html and not ranked:
             try:
                 from .report.html import write_html
             except ImportError:
@@ -103,6 +118,26 @@ def compare_main(argv: Sequence[str]) -> int:
     except PadiffError as exc:
         return _error("compare", exc)
     return 0 if result.passed else 1
+
+
+def _distributed_args(args) -> dict:
+    """compare_dumps' keywords for distributed dumps, from --jobs, --rank, --tp-layout."""
+    out = {}
+    if args.jobs != 1:
+        out["jobs"] = args.jobs
+    if args.rank is not None:
+        if args.rank != "all" and not args.rank.isdigit():
+            raise PadiffError(f"--rank takes a rank number or 'all', got {args.rank!r}.")
+        out["rank"] = args.rank if args.rank == "all" else int(args.rank)
+    if args.tp_layout:
+        layout = {}
+        for item in args.tp_layout:
+            path, sep, kind = item.partition("=")
+            if not sep or not path or not kind:
+                raise PadiffError(f"--tp-layout takes PATH=LAYOUT (mlp.up=column), got {item!r}.")
+            layout[path] = kind
+        out["tp_layout"] = layout
+    return out
 
 
 # --- padiff report ----------------------------------------------------------------------------------

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import numbers
 import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Tuple
 
@@ -74,6 +77,8 @@ class Options:
     use_loss: bool = False
     use_opt: bool = False
     calibration: Optional[object] = None  # padiff.calibrate(...): per-layer measured noise
+    # Print the report while it runs (False: keep it only in result.report; assert_aligned's default)
+    verbose: bool = True
 
     @property
     def check_forward(self) -> bool:
@@ -106,6 +111,27 @@ _FIELDS = {f.name for f in dataclasses.fields(Options)}
 _DERIVED = {"use_loss", "use_opt"}
 
 
+def _number(value, what: str, *, allow_none: bool = False) -> Optional[float]:
+    """A finite number >= 0 (a bool or a string is a mistake, not a number)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise PadiffError(f"Option {what} must be a number, got {value!r} ({type(value).__name__}).")
+    value = float(value)
+    if math.isnan(value) or value < 0:
+        raise PadiffError(f"Option {what} must be a number >= 0, got {value}.")
+    return value
+
+
+def _flag(value, what: str) -> bool:
+    """True/False (or 1/0); a string such as "False" is refused rather than read as true."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    raise PadiffError(f"Option {what} must be True or False, got {value!r} ({type(value).__name__}).")
+
+
 def _tolerance_table(value, what):
     if value is None:
         return ()
@@ -116,16 +142,24 @@ def _tolerance_table(value, what):
         )
     rows = []
     for key, tol in value.items():
-        if isinstance(tol, (int, float)):
-            rows.append((str(key), float(tol), None))
+        if isinstance(tol, numbers.Real) and not isinstance(tol, bool):
+            rows.append((str(key), _number(tol, f"{what}[{key!r}]"), None))
         elif isinstance(tol, Mapping) and set(tol) <= {"atol", "rtol"}:
-            atol, rtol = tol.get("atol"), tol.get("rtol")
-            rows.append((str(key), None if atol is None else float(atol), None if rtol is None else float(rtol)))
+            rows.append((str(key), _number(tol.get("atol"), f"{what}[{key!r}]['atol']", allow_none=True),
+                         _number(tol.get("rtol"), f"{what}[{key!r}]['rtol']", allow_none=True)))
         else:
             raise PadiffError(
                 f"Option {what}[{key!r}] must be a number (atol) or a dict with 'atol'/'rtol', got {tol!r}."
             )
     return tuple(rows)
+
+
+def _api_names(value, what: str) -> Tuple[str, ...]:
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise PadiffError(f"Option {what} must be a list of dotted function names ('pkg.mod.op'), got {value!r}.")
+    return tuple(v.strip() for v in value if v.strip())
 
 
 def build_options(
@@ -152,36 +186,35 @@ def build_options(
     values = {}
     for key in ("atol", "rtol"):
         if merged.get(key) is not None:
-            try:
-                values[key] = float(merged[key])
-            except (TypeError, ValueError):
-                raise PadiffError(f"Option {key} must be a number, got {merged[key]!r}.") from None
-            if values[key] < 0:
-                raise PadiffError(f"Option {key} must be >= 0, got {values[key]}.")
+            values[key] = _number(merged[key], key)
     for key, choices in (("compare_mode", COMPARE_MODES), ("diff_phase", DIFF_PHASES), ("report", REPORT_KINDS)):
         if key in merged:
-            if merged[key] not in choices:
+            if not isinstance(merged[key], str) or merged[key] not in choices:
                 raise PadiffError(f"Option {key}={merged[key]!r} is not one of {', '.join(choices)}.")
             values[key] = merged[key]
-    for key in ("single_step", "auto_weights", "api_check", "skip_wrap_layer", "path_log"):
+    for key in ("single_step", "auto_weights", "api_check", "skip_wrap_layer", "path_log", "verbose"):
         if key in merged:
-            values[key] = bool(merged[key])
+            values[key] = _flag(merged[key], key)
     if "steps" in merged:
         steps = merged["steps"]
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 1:
             raise PadiffError(f"Option steps must be a whole number >= 1, got {steps!r}.")
-        values["steps"] = steps
+        values["steps"] = int(steps)
     if "memory_budget_mb" in merged:
         budget = merged["memory_budget_mb"]
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0):
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, numbers.Real)
+                                   or not budget >= 0):
             raise PadiffError(f"Option memory_budget_mb must be a number of megabytes >= 0 or None, got {budget!r}.")
         values["memory_budget_mb"] = budget
     if merged.get("overlap") is not None:
-        values["overlap"] = bool(merged["overlap"])
+        values["overlap"] = _flag(merged["overlap"], "overlap")
     if "tree_inline_lines" in merged:
-        values["tree_inline_lines"] = int(merged["tree_inline_lines"])
+        lines = merged["tree_inline_lines"]
+        if not isinstance(lines, numbers.Integral) or isinstance(lines, bool) or lines < 0:
+            raise PadiffError(f"Option tree_inline_lines must be a whole number of lines >= 0, got {lines!r}.")
+        values["tree_inline_lines"] = int(lines)
     if "thirdparty_api" in merged:
-        values["thirdparty_api"] = tuple(merged["thirdparty_api"])
+        values["thirdparty_api"] = _api_names(merged["thirdparty_api"], "thirdparty_api")
     if merged.get("calibration") is not None:
         if not callable(getattr(merged["calibration"], "noise_for", None)):
             raise PadiffError(f"Option calibration must be what padiff.calibrate(model, inputs) returns, got "
@@ -192,7 +225,9 @@ def build_options(
 
     # Environment switches (seed 001): read here, once.
     if "log_dir" in merged:
-        values["log_dir"] = str(merged["log_dir"])
+        if not isinstance(merged["log_dir"], (str, os.PathLike)) or not os.fspath(merged["log_dir"]):
+            raise PadiffError(f"Option log_dir must be a folder path, got {merged['log_dir']!r}.")
+        values["log_dir"] = os.fspath(merged["log_dir"])
     elif env.get("PADIFF_LOG_DIR"):
         values["log_dir"] = env["PADIFF_LOG_DIR"]
     if "api_check" not in values:
@@ -207,3 +242,46 @@ def build_options(
         )
     return Options(**values)
 
+
+
+def check_log_dir(log_dir: str, option: str = "log_dir") -> None:
+    """Raise PadiffError unless files can be written into ``log_dir``. A folder that does not
+    exist yet is created to try, and removed again: the check leaves nothing behind."""
+    created = []
+    try:
+        missing, p = [], os.path.abspath(log_dir)
+        while not os.path.lexists(p):
+            missing.append(p)
+            parent = os.path.dirname(p)
+            if parent == p:
+                break
+            p = parent
+        for d in reversed(missing):
+            os.mkdir(d)
+            created.append(d)
+        fd, probe = tempfile.mkstemp(prefix=".padiff-write-test-", dir=log_dir)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise PadiffError(
+            f"Option {option}: cannot write padiff's log folder `{log_dir}`: {e.strerror or e}. Choose a writable "
+            "folder with options={'log_dir': ...} or the PADIFF_LOG_DIR environment variable."
+        ) from None
+    finally:
+        for d in reversed(created):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+
+
+def preflight(opts: Options) -> None:
+    """What the options need from this machine, checked before any model runs: a writable log
+    folder, and Jinja2 for ``report="html"``."""
+    check_log_dir(opts.log_dir)
+    if opts.report == "html":
+        import importlib.util
+
+        if importlib.util.find_spec("jinja2") is None:
+            raise PadiffError("Option report='html' needs Jinja2: pip install 'padiff[html]' (or pip install jinja2), "
+                              "or use the text report (options={'report': 'text'}).")

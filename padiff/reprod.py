@@ -280,6 +280,7 @@ class MethodResult:
     value: float
     threshold: float
     passed: bool
+    rule: str = ""  # how the threshold was made, naming the options: "diff_threshold['loss'] 1e-05"
 
 
 @dataclass(frozen=True)
@@ -311,6 +312,9 @@ class DiffReport:
     keys: Tuple[KeyResult, ...]
     names: Tuple[str, str]
     passed: bool
+    # the report names each key's threshold: per-key or relative thresholds were given (with one
+    # absolute threshold for all, the lines stay the reprod_log lines of seeds 003/004)
+    show_thresholds: bool = False
 
     @property
     def failed_keys(self) -> List[str]:
@@ -335,6 +339,7 @@ class _PerKey:
     def __init__(self, option: Any, name: str, keys: Sequence[str], fallback: Optional[float]):
         self.by_key: Dict[str, Optional[float]] = {}
         self.default = fallback
+        self.given = option is not None and (not isinstance(option, Mapping) or "default" in option)
         if option is None:
             return
         if isinstance(option, Mapping):
@@ -356,6 +361,13 @@ class _PerKey:
     def __call__(self, key: str) -> Optional[float]:
         return self.by_key.get(key, self.default)
 
+    def origin(self, key: str, name: str) -> str:
+        """Which option gave ``key``'s threshold: ``rel_threshold['logits']``, ``diff_threshold``
+        (one number, or the dict's "default"), or the built-in default."""
+        if key in self.by_key:
+            return f"{name}[{key!r}]"
+        return f"{name}" if self.given else f"default {name}"
+
 
 def _methods(diff_method: Any) -> Tuple[str, ...]:
     if isinstance(diff_method, str):
@@ -375,9 +387,11 @@ def _methods(diff_method: Any) -> Tuple[str, ...]:
     return tuple(dict.fromkeys(chosen))
 
 
-def _judge(diff: _KeyDiff, method: str, atol: float, rtol: Optional[float]) -> MethodResult:
+def _judge(diff: _KeyDiff, method: str, atol: float, rtol: Optional[float], origins=("", "")) -> MethodResult:
+    """``origins``: the names of the options that gave ``atol`` and ``rtol`` (for the rule)."""
     s = diff.stats
     rel = 0.0 if rtol is None else rtol
+    a_from, r_from = origins
     if method == "allclose":
         # np.allclose(other, ref, rtol, atol): |other - ref| <= atol + rtol * |ref|.
         if diff.abs_diff is None or diff.abs_diff.size == 0:
@@ -387,15 +401,20 @@ def _judge(diff: _KeyDiff, method: str, atol: float, rtol: Optional[float]) -> M
                 excess = diff.abs_diff - rel * diff.ref_abs
             value = math.nan if np.isnan(excess).any() else float(excess.max())
         threshold = atol
+        rule = f"{a_from} {atol:g}" + (f", after {r_from} {rel:g} x |reference| per element"
+                                       if rtol is not None else "")
     elif method in ("rel_mean", "rel_max"):
         value = s[method]
         threshold = atol if rtol is None else rtol
+        rule = f"{a_from} {atol:g}" if rtol is None else f"{r_from} {rtol:g}"
     else:
         value = s[method]
         scale = s["ref_max"] if method == "max" else s["ref_mean"]
         threshold = atol + rel * scale
+        rule = f"{a_from} {atol:g}" + (f" + {r_from} {rel:g} x {'largest' if method == 'max' else 'mean'} "
+                                       f"|reference| {scale:.6g}" if rtol is not None else "")
     passed = not math.isnan(value) and value <= threshold
-    return MethodResult(method, value, threshold, passed)
+    return MethodResult(method, value, threshold, passed, rule)
 
 
 def _build_report(
@@ -412,7 +431,8 @@ def _build_report(
     results = []
     for d in diffs:
         if d.status == "compared":
-            checks = tuple(_judge(d, m, atol(d.key), rtol(d.key)) for m in methods)
+            origins = (atol.origin(d.key, "diff_threshold"), rtol.origin(d.key, "rel_threshold"))
+            checks = tuple(_judge(d, m, atol(d.key), rtol(d.key), origins) for m in methods)
             results.append(KeyResult(d.key, d.status, all(c.passed for c in checks), checks))
         elif d.status == "not_numeric":
             results.append(KeyResult(d.key, d.status, d.equal, kinds=d.kinds))
@@ -421,7 +441,8 @@ def _build_report(
                 KeyResult(d.key, d.status, False, missing_in=d.missing_in, shapes=d.shapes, kinds=d.kinds)
             )
     passed = bool(results) and all(r.passed for r in results)
-    return DiffReport(tuple(results), names, passed)
+    show = isinstance(diff_threshold, Mapping) or rel_threshold is not None
+    return DiffReport(tuple(results), names, passed, show)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -436,7 +457,11 @@ def render_report(report: DiffReport) -> List[str]:
 
     For every key a line ``<key>: `` and, indented by four spaces, one line per method
     ``<method> diff: check passed: <True|False>, value: <v>`` (or one line saying why the
-    key could not be compared), then ``diff check passed`` or ``diff check failed``.
+    key could not be compared), then ``diff check passed`` or ``diff check failed``. Where
+    per-key (a dict) or relative thresholds judged the keys, each method line ends with the
+    threshold it was held to and the options it came from:
+    ``mean diff: check passed: True, value: 2.3e-06, threshold: 1.1e-05 (diff_threshold 1e-06 +
+    rel_threshold['logits'] 1e-05 x mean |reference| 1.02)``.
     """
     name1, name2 = report.names
     lines: List[str] = []
@@ -444,8 +469,9 @@ def render_report(report: DiffReport) -> List[str]:
         lines.append(f"{k.key}: ")
         if k.status == "compared":
             for m in k.methods:
+                held = f", threshold: {_fmt_value(m.threshold)} ({m.rule})" if report.show_thresholds else ""
                 lines.append(
-                    f"{INDENT}{m.method} diff: check passed: {m.passed}, value: {_fmt_value(m.value)}"
+                    f"{INDENT}{m.method} diff: check passed: {m.passed}, value: {_fmt_value(m.value)}{held}"
                 )
         elif k.status == "missing":
             lines.append(f"{INDENT}key missing: check passed: False, not in {k.missing_in}")

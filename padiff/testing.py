@@ -7,7 +7,9 @@
                        loss_fn=[torch_loss, paddle_loss], atol=1e-5)
 
 A difference fails the test with an ``AssertionError`` whose message is padiff's short
-report (where the models first differ, by how much, and the source line). A mistake in the
+report (where the models first differ, by how much, and the source line). Nothing is printed
+unless asked (``verbose=True`` prints auto_diff's whole report as it runs); the full report
+is ``result.report`` either way. A mistake in the
 call itself (inputs that are not a pair, models built differently) raises ``PadiffError``
 as ``auto_diff`` does: the test errors instead of failing.
 """
@@ -27,10 +29,14 @@ def assert_aligned(model_a, model_b, inputs, **options):
     ``layer_map``, ``auto_weights``, ``steps``, ``options={...}`` and every option keyword
     (``atol``, ``rtol``, ``diff_phase``, ...). ``auto_weights`` defaults to True, as in
     auto_diff: the weights of the reference model are copied into the other one first.
+    ``verbose`` defaults to False here: pass ``verbose=True`` to see the whole report.
     """
     __tracebackhide__ = True  # pytest: show the caller's line, not this helper's
     from .auto_diff import auto_diff  # local: importing padiff.testing stays cheap
 
+    inner = options.get("options")
+    if "verbose" not in options and not (isinstance(inner, dict) and "verbose" in inner):
+        options["verbose"] = False  # quiet: the failure's message is the report; verbose=True prints it all
     result = auto_diff(model_a, model_b, inputs, **options)
     if not result:
         raise AssertionError(console_summary(result, color=False))

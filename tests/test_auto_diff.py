@@ -68,7 +68,7 @@ def test_injected_bug_is_named_at_its_layer(pair, bug, stage, layer, what, capsy
     first = result.first
     assert first.ref_node.path.endswith("." + layer) and first.test_node.path.endswith("." + layer)
     assert first.what.startswith(what)
-    assert f"[AutoDiff]     Diff found in {stage} in step 0" in text
+    assert f"[AutoDiff] Diff found in {stage} in step 0" in text
     names = [class_name(fw) + "." + layer for fw in pair]
     assert f"[AutoDiff]     Route: {names[0]}" in text
     assert f"[AutoDiff]            {names[1]}" in text
@@ -178,7 +178,7 @@ def test_inputs_not_a_pair():
 def test_input_shapes_differ():
     models, _ = build(("paddle", "torch"))
     inputs = (net_input("paddle", batch=6), net_input("torch", batch=5))
-    with pytest.raises(PadiffError, match=r"inputs differ in shape at input\[0\]: \[6, 8\] \(paddle\) vs \[5, 8\] \(torch\)"):
+    with pytest.raises(PadiffError, match=r"inputs differ in shape at input\[\"x\"\]: \[6, 8\] \(paddle\) vs \[5, 8\] \(torch\)"):
         auto_diff(models[0], models[1], inputs)
     assert all(hook_count(m) == 0 for m in models)
 
@@ -282,7 +282,7 @@ def test_unwritable_log_folder_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     models, inputs = build(("paddle", "torch"), "activation")
-    with pytest.raises(PadiffError, match="Cannot write padiff's log folder"):
+    with pytest.raises(PadiffError, match="Option log_dir: cannot write padiff's log folder"):
         auto_diff(models[0], models[1], inputs, options={"log_dir": str(blocker / "logs"), "tree_inline_lines": 1})
 
 
@@ -385,14 +385,15 @@ def test_weights_copy_into_bfloat16_paddle_parameters():
     assert str(paddle_model.linear1.weight.dtype).endswith("bfloat16")
 
 
-def test_report_ends_with_a_summary_then_the_verdict(capsys):
+def test_report_ends_with_what_it_checked_then_one_verdict(capsys):
     result, text, _, _ = run(("paddle", "torch"), "activation", capsys=capsys)
     lines = text.rstrip().splitlines()
     assert lines[-1] == "[AutoDiff] FAILED !!!"
-    assert "padiff: NOT ALIGNED  torch (reference) vs paddle, 1 step" in text  # plain: not a terminal
+    assert lines[-2].startswith("[AutoDiff] Checked: forward 7 of 9 differ, ")  # plain: not a terminal
     assert "\x1b[" not in text
-    summary = text[text.index("padiff: NOT ALIGNED"):]
-    assert "  torch:  TorchNet.act (ReLU)" in summary and "  paddle: PaddleNet.act (Sigmoid)" in summary
+    # one verdict, the report once: the first difference is not repeated as a summary
+    assert text.count("FAILED !!!") == 1 and "NOT ALIGNED" not in text
+    assert text.count("Route: PaddleNet.act") == 1 and text.count("Mismatched elements") == 1
 
 
 def test_in_place_ops_do_not_rewrite_what_was_recorded(capsys):

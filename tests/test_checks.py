@@ -71,7 +71,7 @@ def test_compare_reports_id_path_shapes_dtypes_and_figures(capsys):
     assert r.log_files == [log_path]
     assert out.splitlines()[:5] == [
         "[padiff] compare `out`: first paddle, second torch (the reference); 2 values compared.",
-        "[padiff] FAILED !!! 1 of 2 values differs.",
+        "[padiff] 1 of 2 values differs.",
         '[padiff]     Diff at out["logits"][1]: paddle.Tensor float32 [3, 4] (first) vs torch.Tensor float32 [3, 4] '
         "(second)",
         "Not equal to tolerance rtol=0.0001, atol=0.0001 (x scale, auto)",
@@ -141,7 +141,7 @@ def test_compare_tolerance_keywords_behave_as_in_auto_diff():
 def test_compare_a_shape_difference_and_a_layout_hint():
     x = np.random.RandomState(1).rand(2, 3, 4, 5).astype("float32")
     r = compare(paddle.to_tensor(x.transpose(0, 2, 3, 1)), torch.tensor(x), name="image", quiet=True)
-    assert r.first.diff.message() == "Shapes differ: [2, 4, 5, 3] vs [2, 3, 4, 5]."
+    assert r.first.diff.message(("first", "second")) == "Shapes differ: [2, 4, 5, 3] (first) vs [2, 3, 4, 5] (second)."
     assert r.first.cause.startswith("The shapes hold the same sizes in another order: a layout difference")
     assert "[padiff]     Hint: The shapes hold the same sizes in another order" in r.report
     # One element each: compared as scalars, with a note.
@@ -239,7 +239,7 @@ def test_image_pipelines_with_one_channel_normalised_differently(capsys):
     assert out[:4] == [
         "[padiff] Data loaders: first paddle DataLoader, second torch DataLoader (the reference).",
         "[padiff]     len(dataset) 8 vs 8; len(loader) 4 vs 4",
-        "[padiff] FAILED !!! Diff found in batch 0.",
+        "[padiff] Diff found in batch 0.",
         '[padiff]     Diff at batch["image"]: paddle.Tensor float32 [2, 3, 6, 6] (first) vs torch.Tensor float32 '
         "[2, 3, 6, 6] (second)",
     ]
@@ -277,7 +277,7 @@ def test_a_loader_that_ends_early_and_dataset_lengths():
     assert r.mismatches[1].diff.message() == "The first loader ended after 3 batches; the second loader still " \
                                              "yielded batch 3."
     assert r.index == 3 and r.count == 3 and r.stop == "length"
-    assert "[padiff] FAILED !!! The loaders differ in length: one ended at batch 3." in r.report
+    assert "[padiff] The loaders differ in length: one ended at batch 3." in r.report
 
     # Same samples, different batch_size: the batch counts and the first batch's shapes tell.
     r = check_dataloader(paddle.io.DataLoader(PaddleImages(), batch_size=3),
@@ -310,7 +310,7 @@ def test_generators_a_later_batch_and_only_the_current_pair_in_memory():
     assert (r.test_label, r.ref_label) == ("generator", "generator")
     assert r.first.what == "batch[0]" and r.first.diff.max_abs == pytest.approx(0.25)
     assert r.lengths == {}
-    assert "[padiff] FAILED !!! Diff found in batch 3." in r.report
+    assert "[padiff] Diff found in batch 3." in r.report
     assert "[padiff] 3 batches agreed before batch 3; padiff stopped at the first difference." in r.report
 
 
@@ -372,7 +372,7 @@ def test_warmup_defaults_differ_first_step_reported(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[:5] == [
         "[padiff] Learning rates over 100 steps: first paddle LinearWarmup, second torch LinearLR (the reference).",
-        "[padiff] FAILED !!! 10 of 100 steps differ; the first differing step is 0: 0 (first) vs 0.0333333 (second).",
+        "[padiff] 10 of 100 steps differ; the first differing step is 0: 0 (first) vs 0.0333333 (second).",
         "[padiff]       step  first         second",
         "[padiff]          0  0             0.0333333     <--- differs",
         "[padiff]          1  0.01          0.04          <--- differs",
@@ -469,5 +469,5 @@ def test_compare_a_number_against_a_string_and_shape_with_dtype():
         "Values differ: 'a' (first) vs 'b' (second).",
     ]
     r = compare(paddle.to_tensor([1, 2, 3]), torch.tensor([1.0, 2.0]), name="ids", quiet=True)
-    assert r.first.diff.message() == "Shapes differ: [3] vs [2]."
+    assert r.first.diff.message(("first", "second")) == "Shapes differ: [3] (first) vs [2] (second)."
     assert r.notes == ["ids: dtypes differ too, int64 (first) vs float32 (second)."]

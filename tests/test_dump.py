@@ -155,7 +155,7 @@ def test_dumps_made_with_one_framework_each_compare_with_neither(twins):
         assert line in good
     assert good.rstrip().endswith("[AutoDiff] SUCCESS !!!")
     assert bad.rstrip().endswith("EXIT 1")
-    assert "[AutoDiff]     Diff found in Forward Stage in step 0" in bad
+    assert "[AutoDiff] Diff found in Forward Stage in step 0" in bad
     assert "[AutoDiff]     Route: Net.proj > paddle.Tensor.__matmul__  (paddle)" in bad
     assert "[AutoDiff]            Net.proj > torch.Tensor.__matmul__   (torch)" in bad
     assert "|    +--- (api) paddle.Tensor.__matmul__    <---  *** HERE ***" in bad
@@ -239,7 +239,7 @@ def test_training_steps_optimizer_difference(tmp_path):
     assert result.steps[0].loss.passed and len(result.steps[0].grads) == 7
     assert result.first.cause.startswith("The gradients agreed before the optimizer step, so this is an optimizer "
                                          "difference")
-    assert "[AutoDiff]     Diff found in Weights After Optimizer Step in step 1" in result.report
+    assert "[AutoDiff] Diff found in Weights After Optimizer Step in step 1" in result.report
     assert "use_loss: `True`" in result.report and "use_opt: `True`" in result.report
 
 

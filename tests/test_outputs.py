@@ -166,7 +166,8 @@ def test_a_shape_difference_in_a_paired_output_still_fails():
     assert not result
     assert result.first.what == 'output["head"]'
     assert result.first.diff.problem == "shape"
-    assert result.first.diff.message() == "Shapes differ: [2, 3] vs [2, 4]."
+    assert result.first.diff.message() == "Shapes differ: [2, 3] (tested) vs [2, 4] (reference)."
+    assert "Shapes differ: [2, 3] (paddle) vs [2, 4] (torch)." in result.report
 
 
 def _expand(y, fw):

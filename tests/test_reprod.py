@@ -143,9 +143,12 @@ def test_relative_threshold_passes_logits_that_absolute_1e6_fails(logits):
     mean = mean_abs(torch_out, paddle_out)
     check = helper.last_report.keys[0].methods[0]
     assert check.threshold == pytest.approx(1e-6 + 1e-6 * np.mean(np.abs(torch_out.astype(np.float64))))
+    scale = np.mean(np.abs(torch_out.astype(np.float64)))
+    # the line names the threshold that judged the key, and the options it came from
     assert render_report(helper.last_report) == [
         "logits: ",
-        f"    mean diff: check passed: True, value: {mean!r}",
+        f"    mean diff: check passed: True, value: {mean!r}, threshold: {check.threshold!r} "
+        f"(diff_threshold 1e-06 + rel_threshold 1e-06 x mean |reference| {scale:.6g})",
         "diff check passed",
     ]
     # a relative threshold is no blank cheque: a real bug still fails

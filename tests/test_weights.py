@@ -413,7 +413,7 @@ def test_layer_map_rejects_what_is_not_a_layer():
     lm = LayerMap()
     with pytest.raises(PadiffError, match=r"LayerMap.map must be a dict \{layer_of_one_model: layer_of_the_other\}"):
         lm.map = [(1, 2)]
-    with pytest.raises(PadiffError, match=r"LayerMap.ignore's argument is a builtins.str"):
+    with pytest.raises(PadiffError, match=r"The argument of LayerMap.ignore is a builtins.str"):
         lm.ignore("fc1")
     with pytest.raises(PadiffError, match="pairs a Linear with itself"):
         fc = torch.nn.Linear(2, 2)

@@ -200,9 +200,19 @@ class TensorDiff:
     rms_error: float = 0.0  # root mean square of the error without the flipped elements
     broadcast: Tuple[int, ...] = ()  # the shape both were compared at, when only size-1 dimensions differ
     permuted: Tuple[int, ...] = ()  # the order the tested tensor's axes were compared in, when it differs
+    # problem "nan": per model (tested, reference), (count, "NaN" or "Inf", index of the first) or None
+    nonfinite: Tuple[Optional[Tuple[int, str, Tuple[int, ...]]], ...] = ()
+    nonfinite_same: bool = False  # both models hold the same non-finite values at the same places
 
     def __bool__(self) -> bool:
         return self.passed
+
+    def __repr__(self) -> str:
+        if self.problem is not None:
+            head = self.message().splitlines()[0] if self.message() else self.problem
+            return f"TensorDiff(passed={self.passed}, problem={self.problem!r}: {head})"
+        return (f"TensorDiff(passed={self.passed}, shape={list(self.shape_b)}, max_abs={self.max_abs:.3g}, "
+                f"max_rel={self.max_rel:.3g}, rel_l2={self.rel_l2:.3g}, mismatched={self.mismatched}/{self.numel})")
 
     @property
     def share_over(self) -> float:
@@ -242,10 +252,22 @@ class TensorDiff:
         return (self.max_scaled <= tol.noise_k * tol.noise.max_scaled
                 and self.rel_l2 <= tol.noise_k * tol.noise.rel_l2)
 
-    def message(self) -> str:
-        """The torch-style mismatch message a user reads."""
+    def message(self, labels: Tuple[str, str] = ("tested", "reference")) -> str:
+        """The torch-style mismatch message a user reads. ``labels`` name the two models (the
+        tested one first, as compared): "Shapes differ: [4, 20] (paddle) vs [4, 30] (torch)."."""
+        la, lb = labels
         if self.problem == "shape":
-            return f"Shapes differ: {list(self.shape_a)} vs {list(self.shape_b)}."
+            return f"Shapes differ: {list(self.shape_a)} ({la}) vs {list(self.shape_b)} ({lb})."
+        if self.problem == "nan" and self.nonfinite:
+            where = [f"the {label} model's value holds {n} {kind} (first at index {first})"
+                     for label, found in zip(labels, self.nonfinite) if found for n, kind, first in [found]]
+            text = ("; ".join(where) + ". " + ("Both models agree on where they are, but a" if self.nonfinite_same
+                                                else "A")
+                    + " non-finite value makes every later comparison meaningless: look at this layer's inputs "
+                      "and weights.")
+            return text[0].upper() + text[1:]
+        if self.problem == "value" and not self.detail:
+            return f"Values differ: {self.value_a!r} ({la}) vs {self.value_b!r} ({lb})."
         if self.problem in ("nan", "type", "value", "structure"):
             return self.detail
         tol = self.tolerance
@@ -395,17 +417,13 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tol: Tolerance, mode: str = "st
     if n and not np.isfinite(err[i_abs]):
         bad_a, bad_b = ~np.isfinite(af), ~np.isfinite(bf)
         same = np.array_equal(bad_a, bad_b) and np.array_equal(af[bad_a], bf[bad_b], equal_nan=True)
-        where = []
-        for label, bad, arr in (("tested", bad_a, af), ("reference", bad_b, bf)):
-            if bad.any():
-                first = _index(int(np.argmax(bad)), a.shape)
-                kind = "NaN" if np.isnan(arr[bad]).any() else "Inf"
-                where.append(f"the {label} model's value holds {int(bad.sum())} {kind} (first at index {first})")
-        detail = ("; ".join(where) + ". "
-                  + ("Both models agree on where they are, but " if same else "")
-                  + "a non-finite value makes every later comparison meaningless: look at this layer's inputs "
-                    "and weights.")
-        return TensorDiff(False, problem="nan", detail=detail[0].upper() + detail[1:], numel=n, **base)
+        found = []
+        for bad, arr in ((bad_a, af), (bad_b, bf)):
+            found.append((int(bad.sum()), "NaN" if np.isnan(arr[bad]).any() else "Inf",
+                          _index(int(np.argmax(bad)), a.shape)) if bad.any() else None)
+        d = TensorDiff(False, problem="nan", numel=n, nonfinite=tuple(found), nonfinite_same=bool(same), **base)
+        d.detail = d.message()
+        return d
     if mode in ("mean", "abs_mean"):
         va = float(np.mean(np.abs(af), dtype=np.float64)) if mode == "abs_mean" else \
             float(np.mean(af, dtype=np.float64)) if n else 0.0
@@ -509,7 +527,7 @@ def compare_records(rec_a, rec_b, tol: Tolerance, mode: str, broadcast: bool = F
                               problem="type", detail=f"Not comparable: {shown[0]} vs {shown[1]}.")
         same = type(rec_a.value) is type(rec_b.value) and rec_a.value == rec_b.value
         return TensorDiff(bool(same), (), (), rec_a.dtype, rec_b.dtype, tol, mode, problem=None if same else "value",
-                          detail="" if same else f"Values differ: {rec_a.value!r} vs {rec_b.value!r}.",
+                          detail="",
                           value_a=rec_a.value, value_b=rec_b.value)
     d = compare_arrays(rec_a.array, rec_b.array, tol, mode, rec_a.dtype, rec_b.dtype, broadcast, layout)
     d.shape_a, d.shape_b = tuple(rec_a.shape) or d.shape_a, tuple(rec_b.shape) or d.shape_b

@@ -36,10 +36,26 @@ class Finding:
     ref_repr: str = ""  # layer reprs, for parameter findings
     test_repr: str = ""
     cause: str = ""  # what padiff concludes the difference means ("optimizer", "backward", ...)
+    # compare.nonfinite.NonFinite: where the NaN/Inf this finding's values hold first appeared
+    nonfinite: tuple = ()
 
     @property
     def passed(self) -> bool:
         return self.diff.passed
+
+    def __repr__(self) -> str:
+        from ..report.console import short_figures  # renderers: imported when shown
+
+        return (f"Finding({'passed' if self.passed else 'FAILED'}, stage={self.stage!r}, step={self.step}, "
+                f"what={self.what!r}, ref={self.ref_path!r} ({self.ref_type}), test={self.test_path!r} "
+                f"({self.test_type}), {short_figures(self.diff)})")
+
+    def __str__(self) -> str:
+        """A few lines: stage, both paths, the key figures, the cause. The whole report is in
+        ``AlignResult.report``, the logs and the HTML."""
+        from ..report.console import finding_lines
+
+        return "\n".join(finding_lines(self))
 
 
 @dataclass
@@ -57,6 +73,17 @@ class StepResult:
     test_trace: object = None
     pairing: object = None
     likely_origin: object = None  # origin.LikelyOrigin: where the error jumps, whatever the tolerance
+    # compare.nonfinite.NonFinite of a failed step: the first NaN/Inf of each model (None: not read)
+    nonfinite: Optional[list] = None
+
+    def __repr__(self) -> str:
+        f = self.first_failure
+        counts = ", ".join(f"{name} {len(x)}" for name, x in (("forward", self.forward), ("backward", self.backward),
+                                                             ("grads", self.grads), ("weights", self.weights)) if x)
+        head = f"StepResult(step={self.step}, {'passed' if f is None else 'FAILED'}, compared: {counts or 'nothing'}"
+        if f is not None:
+            head += f", first: {f.stage} {f.what} of {f.ref_path!r} / {f.test_path!r}"
+        return head + ")"
 
     def all_findings(self) -> List[Finding]:
         loss = [self.loss] if self.loss is not None else []
@@ -94,6 +121,7 @@ class AlignResult:
     # origin.LikelyOrigin: where the error jumped, when the chosen tolerance let it through and
     # a later check failed (None otherwise)
     likely_origin: object = None
+    nonfinite: List[object] = field(default_factory=list)  # compare.nonfinite.NonFinite of the failed step
 
     def __bool__(self) -> bool:
         return self.passed
@@ -111,8 +139,30 @@ class AlignResult:
         return self.first.stage if self.first else None
 
     def __repr__(self) -> str:
-        if self.passed:
-            return f"AlignResult(passed=True, steps={len(self.steps)})"
+        if self.passed or self.first is None:
+            return f"AlignResult(passed={self.passed}, steps={len(self.steps)})"
         f = self.first
         return (f"AlignResult(passed=False, stage={f.stage!r}, step={f.step}, "
                 f"ref={f.ref_path!r}, test={f.test_path!r})")
+
+    def __str__(self) -> str:
+        """The verdict and, when the models differ, the first difference in a few lines: its stage,
+        both paths, the key figures, the cause. ``result.report`` holds the whole report."""
+        ref, test = self.ref_label or "reference", self.test_label or "tested"
+        if self.passed:
+            n = len(self.steps)
+            return f"ALIGNED: {ref} (reference) vs {test}, {n} step{'s' if n != 1 else ''} compared"
+        if self.first is None:
+            return f"NOT ALIGNED: {ref} (reference) vs {test}"
+        from ..report.console import finding_lines
+
+        return "\n".join([f"NOT ALIGNED: {ref} (reference) vs {test}"]
+                         + finding_lines(self.first, ref, test, origin=self.likely_origin))
+
+    def _repr_html_(self) -> str:
+        """A notebook shows the result as its HTML report (the same as ``report="html"``), or
+        as the text report in a <pre> block where Jinja2 is not installed."""
+        from ..report.html import notebook_html  # a renderer: imported only when shown
+
+        return notebook_html(self)
+

@@ -11,10 +11,11 @@ from typing import Dict, List
 
 import numpy as np
 
-from ..auto_diff import (SideRun, _compare_step, _loss_finding, _lr_findings, end_step, weight_findings,
+from ..auto_diff import (SideRun, _compare_step, _loss_finding, _lr_findings, _skip_fn, end_step, weight_findings,
                          _Printer, finish)
 from ..compare.engine import compare_links
 from ..compare.metrics import compare_arrays, tolerance_for
+from ..compare.pairing import correspondence, layer_paths, pair_traces
 from ..compare.result import AlignResult
 from ..errors import PadiffError
 from ..options import Options, build_options
@@ -22,6 +23,8 @@ from ..report import console
 from ..side import Side
 from ..structure import show_id
 from ..weights.assign import plan_copy
+from ..weights.rules import family
+from . import distributed
 from .reader import Dump, load_dump
 
 P = console.P
@@ -29,7 +32,7 @@ P = console.P
 _ALIASES = {"auto_init": "auto_weights", "auto_weight": "auto_weights"}
 
 
-def compare_dumps(path_a, path_b, options=None, **kwargs) -> AlignResult:
+def compare_dumps(path_a, path_b, options=None, *, rank=None, jobs: int = 1, tp_layout=None, **kwargs):
     """Compare two dumps made by ``padiff.dump`` exactly as ``auto_diff`` compares two live
     models, and print the same report; returns an :class:`AlignResult` (true when aligned).
     ``path_a``/``path_b`` are dump folders, or dumps already opened with ``load_dump``.
@@ -38,7 +41,18 @@ def compare_dumps(path_a, path_b, options=None, **kwargs) -> AlignResult:
     the comparison's (``atol``, ``rtol``, ``compare_mode``, ``diff_phase``, ``log_dir``,
     ``layer_tolerances``, ...); what was recorded (steps, gradients, framework calls) comes from
     the dumps. Imports neither torch nor paddle.
+
+    When either dump is distributed (a folder of ``rank<k>`` dumps made by ``padiff.dump`` under
+    torch.distributed or paddle.distributed), ranks are paired and compared one pair at a time
+    (``jobs`` worker processes compare pairs in parallel), tensor-parallel shards gathered where
+    the layouts differ, and a :class:`~padiff.dump.distributed.DistributedResult` is returned
+    (true when every rank agrees; which ranks agree, which diverged first and where). ``rank``
+    chooses the rank a single-process dump is compared with (default 0; ``"all"``: every rank);
+    ``tp_layout`` (``{"mlp.up": "column", "mlp.down": "row"}``) declares or corrects layouts.
     """
+    if distributed.is_distributed(path_a) or distributed.is_distributed(path_b):
+        return distributed.compare_distributed(path_a, path_b, options, rank=rank, jobs=jobs, tp_layout=tp_layout,
+                                               **kwargs)
     dumps = [p if isinstance(p, Dump) else load_dump(p) for p in (path_a, path_b)]
     explicit = {_ALIASES.get(k, k) for k in list(options or {}) + list(kwargs)}
     opts, notes = _merge_options(dumps, build_options(options, **kwargs), explicit)
@@ -71,6 +85,7 @@ def compare_dumps(path_a, path_b, options=None, **kwargs) -> AlignResult:
         ref_run = SideRun(ref_d.trace(step, api=api), {s.src_path: ref_d.grad(s.src_tensor, step) for l in links for s in l.sources()}, None)
         test_run = SideRun(test_d.trace(step, api=api), {l.dst_path: test_d.grad(l.dst_tensor, step) for l in links},
                            None)
+        shard_notes = _resolve_shards(ref_run.trace, test_run.trace, ref, test, plan, opts)
         sr = _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, None,
                            layer_pairs=plan.layer_pairs() if plan.ok else (),
                            fused=[p for g in plan.fused_layers() for ps in g for p in ps] if plan.ok else ())
@@ -80,12 +95,24 @@ def compare_dumps(path_a, path_b, options=None, **kwargs) -> AlignResult:
             sr.lr = _lr_findings([ref_d.lr(step), test_d.lr(step)], opts, step)
             sr.weights = weight_findings(links, sr.grads, lambda l: ref_d.weight_after(l.src_tensor, step),
                                          lambda l: test_d.weight_after(l.dst_tensor, step), opts, step, reprs)
+        sr.notes.extend(shard_notes)
         first = end_step(result, sr, out, opts)
         if first is not None:
             _explain_by_weights(first, differing_units)
             break
 
     return finish(result, out, ref, test, ref_i, opts)
+
+
+def _resolve_shards(ref_trace, test_trace, ref: Side, test: Side, plan, opts) -> List[str]:
+    """Tensor-parallel values no layout rule covers (a gathered run's activations between its
+    sharded layers): how they are sharded, from their counterparts' shapes."""
+    def pair(a, b):
+        corr = correspondence(layer_paths(a), layer_paths(b), plan.layer_pairs() if plan.ok else [])
+        return pair_traces(a, b, ref_label=ref.label, test_label=test.label, skip=_skip_fn(opts), corr=corr,
+                           kind=family)
+
+    return distributed.resolve_shards(ref_trace, test_trace, pair)
 
 
 # --- options ------------------------------------------------------------------------------------

@@ -36,11 +36,12 @@ from ..record.trace import TensorRecord, Trace
 from ..report.console import P
 from ..side import Side
 from ..structure import flatten
+from . import distributed
 from .format import FORMAT, MANIFEST, VERSION, partial_path, partial_pid, partials_of, pid_alive
 
 
 def dump(model, inputs, path, loss_fn=None, optimizer=None, steps=None, options=None, scheduler=None,
-         **kwargs) -> str:
+         tp_layout=None, tp_size=None, **kwargs) -> str:
     """Run ``model`` on ``inputs`` as ``auto_diff`` would run one of its two models, and write
     everything the comparison needs into the folder ``path``; returns ``path``.
 
@@ -48,6 +49,15 @@ def dump(model, inputs, path, loss_fn=None, optimizer=None, steps=None, options=
     ones, or one tensor); ``loss_fn``, ``optimizer`` and ``scheduler`` are this model's own
     (not pairs). Options are auto_diff's (``diff_phase``, ``steps``, ``api_check``, ...).
     Compare two dumps with ``padiff.compare_dumps(a, b)`` or ``padiff compare A B``.
+
+    Inside a torch.distributed or paddle.distributed run each rank writes its own dump into
+    ``path/rank<k>`` and returns that folder; its manifest says the rank, the world size and the
+    parallel groups the framework knows. A data-parallel wrapper (DistributedDataParallel,
+    paddle.DataParallel) is called as given and the model inside it recorded. Tensor-parallel
+    layers are found from their classes (ColumnParallelLinear, RowParallelLinear,
+    VocabParallelEmbedding) or declared with ``tp_layout={"mlp.up": "column", "mlp.down": "row"}``
+    (dotted paths below the model, fnmatch patterns allowed); ``tp_size`` says how many
+    consecutive ranks form a tensor-parallel group where the framework does not (torch).
     """
     path = os.fspath(path).rstrip(os.sep) or os.fspath(path)
     if steps is not None:
@@ -65,15 +75,33 @@ def dump(model, inputs, path, loss_fn=None, optimizer=None, steps=None, options=
         if isinstance(value, (list, tuple)):
             raise PadiffError(f"padiff.dump records one model: pass this model's own {what}, not a pair "
                               f"(got a {type(value).__name__} of {len(value)}).")
+    caller = model
+    inner = ad.data_parallel_inner(model) if hasattr(ad, "data_parallel_inner") else None
+    if inner is not None:  # recorded under the user's own model's name; called through the wrapper
+        model = inner
+    mapping = distributed.layout_map(tp_layout)
     side = Side(ad, model, type(model).__name__, ad.name)
     notes: List[str] = []
+    if inner is not None:
+        notes.append(f"The model was given inside {type(caller).__name__}: padiff called the wrapper and recorded "
+                     f"the {type(model).__name__} inside it.")
+    layer_table = _layer_table(side, mapping)
+    info = ad.distributed_info() if hasattr(ad, "distributed_info") else None
+    ranked = None  # the manifest's "distributed" entry
+    if info is not None:
+        tp_layers = sum(1 for e in layer_table[0] if e.get("tp"))
+        ranked = distributed.run_entry(info, tp_size, tp_layers, notes)
+        distributed.prepare_folder(path, ranked["rank"], ranked["world_size"])
+        path = os.path.join(path, f"rank{ranked['rank']}")
+    elif tp_size is not None:
+        notes.append(f"tp_size={tp_size} was ignored: this process is not part of a distributed run.")
     if opts.steps > 1 and optimizer is None:
         notes.append(f"steps={opts.steps} without an optimizer would repeat the same step: padiff dumped 1 step. "
                      "Pass optimizer=... to train several steps.")
     opts = replace(opts, use_loss=loss_fn is not None, use_opt=optimizer is not None,
                    steps=opts.steps if optimizer is not None else 1, auto_weights=False)
     _check_target(path)
-    call = make_call(side, inputs, notes, grad_inputs=opts.check_backward)
+    call = make_call(Side(ad, caller, side.name, side.label), inputs, notes, grad_inputs=opts.check_backward)
     rnd = _random_layers(side)
     if rnd:
         notes.append(f"The {side.label} model is in train mode with random layers ({', '.join(rnd[:3])}"
@@ -86,8 +114,10 @@ def dump(model, inputs, path, loss_fn=None, optimizer=None, steps=None, options=
     w = _Writer(path, background)
     try:
         manifest = _header(side, opts, notes)
+        if ranked is not None:
+            manifest["distributed"] = ranked
         w.manifest(manifest, complete=False)
-        layers, tensors, tensor_objs, layer_index = _layer_table(side)
+        layers, tensors, tensor_objs, layer_index = layer_table
         manifest["layers"] = layers
         manifest["tensors"] = tensors
         viewing = Side(_ViewingAdapter(ad), model, side.name, side.label)  # each array is written at once
@@ -132,7 +162,8 @@ def dump(model, inputs, path, loss_fn=None, optimizer=None, steps=None, options=
         if optimizer is None:
             _clear_grads(side)
     calls = sum(len(s["nodes"]) for s in manifest["steps"])
-    print(f"{P} Dumped {side.name} ({ad.name}, {len(manifest['steps'])} step"
+    where = f", {distributed.describe_run(ranked)}" if ranked is not None else ""
+    print(f"{P} Dumped {side.name} ({ad.name}{where}, {len(manifest['steps'])} step"
           f"{'s' if len(manifest['steps']) != 1 else ''}, {calls} recorded calls) to `{path}`.")
     for n in notes:
         print(f"{P} NOTE: {n}")
@@ -585,6 +616,7 @@ def _header(side: Side, opts, notes) -> dict:
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "framework": ad.name,
         "framework_title": ad.title,
+        "linear_weight_layout": getattr(ad, "linear_weight_layout", None),
         "versions": _versions(ad),
         "model": {"class": type(side.model).__name__, "name": side.name, "repr": ad.layer_repr(side.model)},
         "options": _options_json(opts),
@@ -593,9 +625,10 @@ def _header(side: Side, opts, notes) -> dict:
     }
 
 
-def _layer_table(side: Side):
+def _layer_table(side: Side, tp_layout=None):
     """Every layer of the model (built-in layers' insides too), in registration order, and every
-    parameter and buffer once: what the weight pairing of ``padiff.weights.assign`` reads."""
+    parameter and buffer once: what the weight pairing of ``padiff.weights.assign`` reads.
+    Tensor-parallel layers (by class, or by the user's ``tp_layout``) carry their layout."""
     ad = side.adapter
     layers: List[dict] = []
     layer_index: Dict[int, int] = {}
@@ -628,6 +661,9 @@ def _layer_table(side: Side):
                  "params": [[n, tensor(t, f"{path}.{n}", True)] for n, t in ad.own_params(layer)],
                  "buffers": [[n, tensor(t, f"{path}.{n}", False)] for n, t in ad.own_buffers(layer)],
                  "transient": sorted(ad.transient_buffers(layer))}
+        tp = distributed.layer_layout(ad, layer, path, side.name, tp_layout or {})
+        if tp is not None:
+            entry["tp"] = tp
         layers.append(entry)
         for cname, child in reversed(ad.named_children(layer)):
             stack.append((child, f"{path}.{cname}", entry, cname))

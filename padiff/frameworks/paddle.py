@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 
 import numpy as np
 import paddle
 
 _CONTAINERS = (paddle.nn.Sequential, paddle.nn.LayerList, paddle.nn.LayerDict)
+# Tensor-parallel layer classes, by class name: paddle.distributed.fleet.meta_parallel's (and
+# paddleformers', which use them); a layer whose class, or a base class, has one of these names is
+# sharded by that layout (padiff/dump/distributed.py has the rules).
+_PARALLEL_LAYERS = {"ColumnParallelLinear": "column", "RowParallelLinear": "row", "VocabParallelEmbedding": "vocab"}
+# The groups of fleet's hybrid parallel topology: padiff's name -> (size getter, group getter) of
+# HybridCommunicateGroup (a group getter asserts when its degree is 1: it is asked only above 1).
+_HYBRID_GROUPS = {"dp": ("get_data_parallel_world_size", "get_data_parallel_group"),
+                  "tp": ("get_model_parallel_world_size", "get_model_parallel_group"),
+                  "pp": ("get_pipe_parallel_world_size", "get_pipe_parallel_group"),
+                  "sharding": ("get_sharding_parallel_world_size", "get_sharding_parallel_group"),
+                  "sep": ("get_sep_parallel_world_size", "get_sep_parallel_group")}
 _RANDOM = (paddle.nn.Dropout, paddle.nn.Dropout2D, paddle.nn.Dropout3D, paddle.nn.AlphaDropout)
 _NUMPY_OK = ("float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool",
              "complex64", "complex128")
@@ -88,6 +100,48 @@ class Adapter:
 
     def layer_repr(self, layer) -> str:
         return f"{type(layer).__name__}({layer.extra_repr()})"
+
+    # --- distributed runs ----------------------------------------------------------------
+    def distributed_info(self):
+        """The paddle.distributed run this process is part of: ``{"rank", "world_size", "backend",
+        "groups", "from", "run"}``, or None outside one (or in a world of one process). ``groups``
+        holds the ranks of this process's data-, tensor-, pipeline-, sharding- and sequence-parallel
+        groups when fleet's hybrid topology is set up (``fleet.init`` with ``hybrid_configs``), else
+        nothing; ``run`` tells runs apart (the launch's master or endpoints), None when unknown."""
+        d = paddle.distributed
+        if not d.is_initialized() or d.get_world_size() <= 1:
+            return None
+        from paddle.distributed.fleet.base import topology
+
+        groups, source = {}, "paddle.distributed"
+        hcg = topology._HYBRID_PARALLEL_GROUP
+        if hcg is not None:
+            source = "paddle.distributed (fleet hybrid parallel groups)"
+            rank = d.get_rank()
+            for name, (size, getter) in _HYBRID_GROUPS.items():
+                n = getattr(hcg, size)() if hasattr(hcg, size) else 1
+                if n > 1:
+                    groups[name] = [int(r) for r in getattr(hcg, getter)().ranks]
+                elif name in ("dp", "tp", "pp"):
+                    groups[name] = [rank]
+        env = os.environ
+        run = env.get("PADDLE_MASTER") or env.get("PADDLE_TRAINER_ENDPOINTS")
+        return {"rank": d.get_rank(), "world_size": d.get_world_size(), "backend": str(d.get_backend()).lower(),
+                "groups": groups, "from": source, "run": run}
+
+    def data_parallel_inner(self, model):
+        """The model inside paddle.DataParallel, else None."""
+        if isinstance(model, paddle.DataParallel):
+            return model._layers
+        return None
+
+    def parallel_layer(self, layer):
+        """(layout, class name) of a tensor-parallel layer, found by class name (its own or a base
+        class's); None for any other layer."""
+        for cls in type(layer).__mro__:
+            if cls.__name__ in _PARALLEL_LAYERS:
+                return _PARALLEL_LAYERS[cls.__name__], cls.__name__
+        return None
 
     # --- hooks ---------------------------------------------------------------------------
     def add_forward_hooks(self, layer, pre, post):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import warnings
 import zipfile
 
@@ -13,6 +14,10 @@ import torch
 _NUMPY_OK = (torch.float16, torch.float32, torch.float64, torch.int8, torch.int16, torch.int32,
              torch.int64, torch.uint8, torch.bool, torch.complex64, torch.complex128)
 _CONTAINERS = (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)
+# Tensor-parallel layer classes, by class name (Megatron-LM's and fairscale's torch classes carry
+# these names; torch itself has none): a layer whose class, or a base class, has one of these
+# names is sharded by that layout (padiff/dump/distributed.py has the rules).
+_PARALLEL_LAYERS = {"ColumnParallelLinear": "column", "RowParallelLinear": "row", "VocabParallelEmbedding": "vocab"}
 _RANDOM = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d,
            torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)
 
@@ -84,6 +89,35 @@ class Adapter:
     def layer_repr(self, layer) -> str:
         text = f"{type(layer).__name__}({layer.extra_repr()})"
         return text
+
+    # --- distributed runs ----------------------------------------------------------------
+    def distributed_info(self):
+        """The torch.distributed run this process is part of: ``{"rank", "world_size", "backend",
+        "groups", "from", "run"}``, or None outside one (or in a world of one process). torch keeps
+        no registry of data- or tensor-parallel groups, so ``groups`` is empty; ``run`` tells runs
+        apart (torchrun's run id, or the rendezvous address), None when unknown."""
+        d = torch.distributed
+        if not (d.is_available() and d.is_initialized()) or d.get_world_size() <= 1:
+            return None
+        env = os.environ
+        run = env.get("TORCHELASTIC_RUN_ID") or (f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}"
+                                                 if "MASTER_ADDR" in env and "MASTER_PORT" in env else None)
+        return {"rank": d.get_rank(), "world_size": d.get_world_size(), "backend": str(d.get_backend()),
+                "groups": {}, "from": "torch.distributed", "run": run}
+
+    def data_parallel_inner(self, model):
+        """The model inside a data-parallel wrapper (DistributedDataParallel, DataParallel), else None."""
+        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            return model.module
+        return None
+
+    def parallel_layer(self, layer):
+        """(layout, class name) of a tensor-parallel layer, found by class name (its own or a base
+        class's); None for any other layer."""
+        for cls in type(layer).__mro__:
+            if cls.__name__ in _PARALLEL_LAYERS:
+                return _PARALLEL_LAYERS[cls.__name__], cls.__name__
+        return None
 
     # --- hooks ---------------------------------------------------------------------------
     def add_forward_hooks(self, layer, pre, post):

@@ -38,9 +38,35 @@ _NOT_OPS = {"handle_torch_function", "has_torch_function", "has_torch_function_u
             "has_torch_function_variadic", "boolean_dispatch", "assert_int_or_pair", "sdp_kernel"}
 
 
+# The optimisations of the patching's fixed cost (tests/test_speed_equivalence.py turns each
+# off): "targets": the list of what to wrap is computed once per process (and again when the
+# functional module changes); "wrappers": one wrapper per function per process, told which
+# recorder to call while it is installed; "aliases": the index of where else a function is
+# bound is extended with newly imported modules, not rebuilt.
+FAST = {"targets": True, "wrappers": True, "aliases": True}
+
+_TARGETS: Dict[tuple, Tuple[int, List[Tuple[object, str, str]]]] = {}
+
+
 def api_targets(adapter, extra: Sequence[str] = ()) -> List[Tuple[object, str, str]]:
     """Everything to wrap for one framework: its functional module whole, the listed names of
-    its top-level module and Tensor class that exist, and the user's own dotted names."""
+    its top-level module and Tensor class that exist, and the user's own dotted names.
+    Computed once per process for the framework's part; found again if the functional module
+    gained or lost names since."""
+    functional, _ = adapter.api_functional()
+    stamp = len(vars(functional))
+    key = (type(adapter), adapter.name)
+    hit = _TARGETS.get(key) if FAST["targets"] else None
+    if hit is None or hit[0] != stamp:
+        hit = _TARGETS[key] = (stamp, _framework_targets(adapter))
+    targets = list(hit[1])
+    for dotted in extra:
+        owner, attr = resolve_dotted(dotted)
+        targets.append((owner, attr, dotted))
+    return targets
+
+
+def _framework_targets(adapter) -> List[Tuple[object, str, str]]:
     import inspect
 
     functional, functional_name = adapter.api_functional()
@@ -55,9 +81,6 @@ def api_targets(adapter, extra: Sequence[str] = ()) -> List[Tuple[object, str, s
         targets.append((functional, name, f"{functional_name}.{name}"))
     targets += [(top, n, f"{top_name}.{n}") for n in TOP_LEVEL if callable(getattr(top, n, None))]
     targets += [(tensor_cls, n, f"{tensor_name}.{n}") for n in TENSOR_METHODS if callable(getattr(tensor_cls, n, None))]
-    for dotted in extra:
-        owner, attr = resolve_dotted(dotted)
-        targets.append((owner, attr, dotted))
     return targets
 
 
@@ -80,27 +103,63 @@ class _AliasIndex:
     """Where else a function object is bound at module level: ``from torch.nn.functional import
     gelu`` (in a user's module or inside the framework itself) binds the same object under
     another module, and a patch of the original attribute alone would miss those calls.
-    Built once and refreshed when new modules are imported."""
+    Built once; the modules imported since are added before each patching (a full rebuild
+    over some 5000 modules took about 0.45 s, and the old index rebuilt it whenever the number
+    of modules changed). A place is given only while it still holds the function."""
 
     def __init__(self):
         self._seen = 0
+        self._scanned: Dict[str, object] = {}  # module name -> the module object scanned
         self._index: Dict[int, List[Tuple[object, str]]] = {}
+        self._main_size = -1
+        self._stamp = None
 
     def aliases(self, fn) -> List[Tuple[object, str]]:
-        if len(sys.modules) != self._seen:
-            self._rebuild()
-        return self._index.get(id(fn), [])
+        if not FAST["aliases"]:
+            if len(sys.modules) != self._seen:
+                self._rebuild()
+            return self._index.get(id(fn), [])
+        return [(m, a) for m, a in self._index.get(id(fn), ()) if vars(m).get(a) is fn]
+
+    def refresh(self) -> None:
+        """Add the modules imported since the last look (found by name), and the script's own
+        module if it gained names."""
+        if not FAST["aliases"]:
+            return
+        modules = sys.modules
+        main = modules.get("__main__")
+        if main is not None and len(getattr(main, "__dict__", ())) != self._main_size:
+            self._main_size = len(main.__dict__)  # a script's own `from torch... import gelu`
+            self._add(main, self._index)
+        try:  # imports append to sys.modules: its size and last name tell whether any happened
+            stamp = (len(modules), next(reversed(modules.keys())))
+        except (StopIteration, RuntimeError):  # empty, or changed while read (another thread)
+            stamp = None
+        if stamp is not None and stamp == self._stamp:
+            return
+        self._stamp = stamp
+        scanned = self._scanned
+        for name in scanned.keys() - modules.keys():  # removed: scanned again if imported again
+            del scanned[name]
+        for name in modules.keys() - scanned.keys():
+            module = modules.get(name)
+            scanned[name] = module
+            self._add(module, self._index)
+
+    @staticmethod
+    def _add(module, index):
+        try:
+            attrs = vars(module)
+        except TypeError:
+            return
+        for attr, value in list(attrs.items()):
+            if callable(value) and not isinstance(value, type) and not attr.startswith("__"):
+                index.setdefault(id(value), []).append((module, attr))
 
     def _rebuild(self):
         index: Dict[int, List[Tuple[object, str]]] = {}
         for module in list(sys.modules.values()):
-            try:
-                attrs = vars(module)
-            except TypeError:
-                continue
-            for attr, value in list(attrs.items()):
-                if callable(value) and not isinstance(value, type) and not attr.startswith("__"):
-                    index.setdefault(id(value), []).append((module, attr))
+            self._add(module, index)
         self._index = index
         self._seen = len(sys.modules)
 
@@ -116,9 +175,11 @@ class ApiPatcher:
         self.targets = list(targets)
         self.on_call = on_call
         self._saved: List[Tuple[object, str, object, bool]] = []
+        self._slots: List[list] = []
 
     def __enter__(self):
         try:
+            _ALIASES.refresh()
             done = set()
             for owner, attr, name in self.targets:
                 original = getattr(owner, attr)
@@ -146,6 +207,9 @@ class ApiPatcher:
 
     def _restore(self):
         saved, self._saved = self._saved, []
+        slots, self._slots = self._slots, []
+        for slot in slots:
+            slot[0] = None  # a wrapper kept elsewhere by the user's code calls the original now
         failures = []
         for owner, attr, original, own in reversed(saved):
             try:
@@ -161,11 +225,36 @@ class ApiPatcher:
             raise PadiffInternalError("could not restore " + "; ".join(failures))
 
     def _wrap(self, original, name):
-        on_call = self.on_call
+        """The wrapper of ``original`` that calls this patcher's ``on_call``. With
+        FAST["wrappers"] one wrapper per function and name is made per process and reused: its
+        slot names the patcher to call while it is installed (None: call the original)."""
+        if not FAST["wrappers"]:
+            return _make_wrapper(original, name, [self.on_call])
+        key = (id(original), name)
+        hit = _WRAPPERS.get(key)
+        if hit is None or hit[0] is not original:
+            hit = _WRAPPERS[key] = (original, *_make_wrapper_slot(original, name))
+        hit[2][0] = self.on_call
+        self._slots.append(hit[2])
+        return hit[1]
 
-        @functools.wraps(original)
-        def wrapper(*args, **kwargs):
-            return on_call(name, original, args, kwargs)
 
-        wrapper.__padiff_wrapped__ = original
-        return wrapper
+# (id(function), name) -> (function, its wrapper, the wrapper's slot [on_call or None])
+_WRAPPERS: Dict[tuple, tuple] = {}
+
+
+def _make_wrapper_slot(original, name):
+    slot = [None]
+    return _make_wrapper(original, name, slot), slot
+
+
+def _make_wrapper(original, name, slot):
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        on_call = slot[0]
+        if on_call is None:
+            return original(*args, **kwargs)
+        return on_call(name, original, args, kwargs)
+
+    wrapper.__padiff_wrapped__ = original
+    return wrapper

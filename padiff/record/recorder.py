@@ -14,10 +14,10 @@ import weakref
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..errors import PadiffError, PadiffInternalError
-from ..structure import flatten
+from ..structure import _key_text, flatten
 from .api import ApiPatcher, api_targets
 from .spill import Spill
-from .trace import Node, SourceFrame, TensorRecord, Trace
+from .trace import LazyFrames, Node, SourceFrame, TensorRecord, Trace
 
 _PADIFF_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,11 +28,66 @@ def _is_internal_file(filename: str, prefixes) -> bool:
     return any(p in filename for p in prefixes)
 
 
+# The optimisations of the recording's fixed cost, each with the plain version it replaces
+# kept beside it: tests/test_speed_equivalence.py turns each off and checks that the findings
+# and the source lines shown are the same.
+FAST = {"frames": True, "leaves": True}
+
+# code object -> 0 (the user's), 1 (a framework's) or 2 (padiff's), decided once per code object
+_CODE_KIND: Dict[tuple, Dict[object, int]] = {}
+
+
 def user_frames(internal_dirs, stop_frame=None, limit: int = 12):
     """The caller's stack trimmed to the user's own frames, outermost first, from the model
-    call (``stop_frame``, padiff's own frame that called the model) inwards."""
+    call (``stop_frame``, padiff's own frame that called the model) inwards: a
+    :class:`LazyFrames` of (code object, line number) pairs, made into source frames only
+    when a report reads them."""
+    if not FAST["frames"]:
+        return _user_frames_plain(internal_dirs, stop_frame, limit)
+    return LazyFrames(_walk_frames(internal_dirs, stop_frame, limit, None, sys._getframe(2))[0])
+
+
+def _walk_frames(internal_dirs, stop_frame, limit, within, f):
+    """(user frames as (code, line) pairs, outermost first; anchor) from frame ``f`` up.
+
+    Whether a code object is the user's is decided once. ``within``: (anchor, frames) of the
+    innermost layer call still running, or None. Its anchor is the first frame that is not
+    padiff's above its hook (the framework's frame that runs the layer): it stays on the stack,
+    at the same line, while the layer runs, and so does everything above it; a walk that
+    reaches it stops there and takes the layer's own frames for the rest (the same frames a
+    whole walk finds). The anchor returned is this call's, for the calls it makes."""
+    kinds = _CODE_KIND.get(internal_dirs)
+    if kinds is None:
+        kinds = _CODE_KIND[internal_dirs] = {}
+    elif len(kinds) > 100_000:  # code made at run time (exec, lambdas in loops) does not pile up
+        kinds.clear()
+    raw = []
+    anchor = None
+    seeking = True  # the anchor is the first frame that is not padiff's
+    target = within[0] if within is not None else None
+    while f is not None and f is not stop_frame and len(raw) < limit:
+        if f is target:
+            raw.reverse()
+            return (within[1] + tuple(raw))[-limit:], (anchor if not seeking else target)
+        code = f.f_code
+        kind = kinds.get(code)
+        if kind is None:
+            fn = code.co_filename
+            kind = kinds[code] = 2 if fn.startswith(_PADIFF_DIR) else int(_is_internal_file(fn, internal_dirs))
+        if seeking and kind != 2:
+            seeking = False
+            anchor = f if kind == 1 else None  # a user's frame moves on while the layer runs: no anchor
+        if kind == 0:
+            raw.append((code, f.f_lineno))
+        f = f.f_back
+    raw.reverse()
+    return tuple(raw), anchor
+
+
+def _user_frames_plain(internal_dirs, stop_frame=None, limit: int = 12, depth: int = 3):
+    """:func:`user_frames` as it was: every frame's file name tested, SourceFrames made at once."""
     frames = []
-    f = sys._getframe(2)
+    f = sys._getframe(depth)
     while f is not None and f is not stop_frame and len(frames) < limit:
         fn = f.f_code.co_filename
         if not _is_internal_file(fn, internal_dirs):
@@ -40,6 +95,32 @@ def user_frames(internal_dirs, stop_frame=None, limit: int = 12):
         f = f.f_back
     frames.reverse()
     return tuple(frames)
+
+
+_SCALARS = (bool, int, float, complex, str, bytes, type(None))
+
+
+def tensor_items(args, kwargs, is_tensor) -> list:
+    """(id path, tensor) of each tensor among a call's arguments, exactly as
+    :func:`~padiff.structure.flatten` of ``(args, kwargs)`` gives them: positional ones
+    (``[0][i]``), then keyword ones (``[1]["name"]``). A flat call (tensors and plain scalars
+    only, the common case) is read directly; anything nested goes through ``flatten``."""
+    if FAST["leaves"] and type(args) is tuple and (kwargs is None or type(kwargs) is dict):
+        out = []
+        for i, v in enumerate(args):
+            if is_tensor(v):
+                out.append((f"[0][{i}]", v))
+            elif not isinstance(v, _SCALARS):
+                break
+        else:
+            for k, v in (kwargs or {}).items():
+                if is_tensor(v):
+                    out.append(("[1]" + _key_text(k), v))
+                elif not isinstance(v, _SCALARS):
+                    break
+            else:
+                return out
+    return [(p, leaf) for p, leaf in flatten((args, kwargs or {}), is_tensor) if is_tensor(leaf)]
 
 
 def is_atomic(ad, layer) -> bool:
@@ -127,6 +208,20 @@ class Recorder:
         self._input_keys: List[tuple] = []  # (node, [(id path, its count)]) to read after the run
         self._run_frame = None
         self._internal = (os.sep + "torch" + os.sep, os.sep + "paddle" + os.sep)
+        # per running layer call (beside self._stack): (anchor frame, its frames) for
+        # _walk_frames; a frame is held only while its layer runs
+        self._within: List[tuple] = []
+
+    def _frames(self, opens: bool = False):
+        """The user's frames of the call being recorded (called from a hook or _on_api_call);
+        ``opens``: a layer call, whose anchor its own calls' walks stop at."""
+        if not FAST["frames"]:
+            return _user_frames_plain(self._internal, self._run_frame, 12, depth=3)
+        within = self._within[-1] if self._within else None
+        raw, anchor = _walk_frames(self._internal, self._run_frame, 12, within, sys._getframe(2))
+        if opens:
+            self._within.append((anchor, raw))
+        return LazyFrames(raw)
 
     # --- context manager ---------------------------------------------------------------
     def __enter__(self):
@@ -195,18 +290,18 @@ class Recorder:
             ) from exc
         finally:
             self._stack.clear()
+            self._within.clear()
             self._run_frame = None
             for node, keys in self._input_keys:
                 node.input_uses = {p: cell[0] for p, cell in keys}
             self._input_keys.clear()
             self._uses.clear()
 
-    def _count_uses(self, args, kwargs=None) -> None:
-        """One more read of every tensor among the arguments of an innermost call."""
-        ad = self.adapter
-        for _, leaf in flatten((args, kwargs or {}), ad.is_tensor):
-            if ad.is_tensor(leaf):
-                self._use_cell(leaf)[0] += 1
+    def _count_uses(self, items) -> None:
+        """One more read of every tensor among the arguments of an innermost call
+        (``items``: :func:`tensor_items` of its arguments)."""
+        for _, leaf in items:
+            self._use_cell(leaf)[0] += 1
 
     def _use_cell(self, tensor) -> list:
         """The read count of this tensor value (a one-item list, shared by every node that
@@ -234,12 +329,12 @@ class Recorder:
                         layer_key=-1, parent=parent, call_count=count)
             node.enter_seq = self._seq
             self._seq += 1
-            node.frames = user_frames(self._internal, self._run_frame)
+            node.frames = self._frames()
             ad = self.adapter
-            node.in_prints = tuple(ad.fingerprint(t) for _, t in flatten((args, kwargs), ad.is_tensor)
-                                   if ad.is_tensor(t) and ad.is_floating(t))  # before an in-place op runs
+            items = tensor_items(args, kwargs, ad.is_tensor)
+            node.in_prints = tuple(ad.fingerprint(t) for _, t in items if ad.is_floating(t))  # before an in-place op
             if parent.layer_key not in self.walk.innermost:  # inside an innermost layer: counted there
-                self._count_uses(args, kwargs)
+                self._count_uses(items)
             out = original(*args, **kwargs)
             node.exit_seq = self._seq
             self._seq += 1
@@ -252,7 +347,8 @@ class Recorder:
 
     def _record_outputs(self, node: Node, output) -> None:
         ad = self.adapter
-        for id_path, leaf in flatten(output, ad.is_tensor):
+        leaves = [("", output)] if FAST["leaves"] and ad.is_tensor(output) else flatten(output, ad.is_tensor)
+        for id_path, leaf in leaves:
             node.outputs.append((id_path, self._record(leaf)))
             if self.grads and ad.is_tensor(leaf) and ad.requires_grad(leaf):
                 node.output_grad_ids.append(id_path)
@@ -339,7 +435,7 @@ class Recorder:
                         parent=parent, has_params=has_params, call_count=count)
             node.enter_seq = self._seq
             self._seq += 1
-            node.frames = user_frames(self._internal, self._run_frame)
+            node.frames = self._frames(opens=True)
             if parent is None:
                 if self.trace.root is None:
                     self.trace.root = node
@@ -349,22 +445,25 @@ class Recorder:
             self._stack.append(node)
             if self.keep_inputs:
                 node.call_args = (self._skeleton(tuple(args)), self._skeleton(dict(kwargs or {})))
+            items = tensor_items(args, kwargs, ad.is_tensor) if self.grads or innermost else ()
             if self.grads:
                 keys = []
-                for id_path, leaf in flatten((args, kwargs or {}), ad.is_tensor):
-                    if ad.is_tensor(leaf) and ad.requires_grad(leaf):
+                for id_path, leaf in items:
+                    if ad.requires_grad(leaf):
                         node.input_ids.append(id_path)
                         keys.append((id_path, self._use_cell(leaf)))
                         self._want_grad(leaf, node.grad_in, id_path)
                 self._input_keys.append((node, keys))
             if innermost:
-                self._count_uses(args, kwargs)
+                self._count_uses(items)
             return None
 
         def post(layer, args, kwargs, output):
             if not self._stack or self._stack[-1].layer_key != key:
                 raise PadiffInternalError(f"forward hooks out of order at {path}")
             node = self._stack.pop()
+            if self._within:
+                self._within.pop()
             node.exit_seq = self._seq
             self._seq += 1
             self._record_outputs(node, output)

@@ -218,11 +218,18 @@ class Replayer:
                         mine.append(leaf)
                 outs, grads = [], []
                 for leaf, g in zip(mine, ref_grads):
-                    if g is not None and ad.requires_grad(leaf):
+                    # an output of another shape cannot take the reference's gradient: its forward
+                    # comparison already reports the shapes
+                    if g is not None and ad.requires_grad(leaf) and tuple(ad.shape(leaf)) == tuple(g.shape):
                         outs.append(leaf)
                         grads.append(self.tensor(g))
                 if outs:
-                    ad.backward(outs, grads)
+                    try:
+                        ad.backward(outs, grads)
+                    except Exception as exc:  # the user's layer's backward raised
+                        raise PadiffError(f"Replaying the backward of `{test.label()}` with the reference model's "
+                                          f"output gradient (single-step mode) raised {type(exc).__name__}: "
+                                          f"{exc}") from exc
                     records: Dict[int, TensorRecord] = {}
                     for id_path, r in inputs:
                         if id(r) in grad_leaves:

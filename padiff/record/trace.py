@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -34,6 +35,14 @@ class TensorRecord:
         if value is None or isinstance(value, (str, bytes)):
             return cls(None, type(value).__name__, (), value, False)
         return cls.object(type(value).__name__)
+
+    def __repr__(self) -> str:
+        if self.is_tensor:
+            held = "" if self.array is not None else ", dropped"
+            return f"TensorRecord({self.dtype}{list(self.shape)}{held})"
+        if self.is_object:
+            return f"TensorRecord(object {self.dtype})"
+        return f"TensorRecord({self.value!r})" if self.array is None else f"TensorRecord({self.dtype} number)"
 
     @classmethod
     def object(cls, type_name: str) -> "TensorRecord":
@@ -67,6 +76,44 @@ class SourceFrame:
         return f"{self.filename}:{self.lineno} in {self.function}"
 
 
+class LazyFrames(Sequence):
+    """A node's user frames, kept as (code object, line number) pairs when recorded and made
+    into :class:`SourceFrame` objects only when something reads them (a report of a failure):
+    the recording of every call stays cheap. Reads like the tuple of SourceFrames it stands
+    for (indexing, slicing, len, iteration, truth, ==)."""
+
+    __slots__ = ("_raw", "_frames")
+
+    def __init__(self, raw: Tuple[Tuple[Any, int], ...]):
+        self._raw = raw
+        self._frames: Optional[Tuple[SourceFrame, ...]] = None
+
+    def resolved(self) -> Tuple[SourceFrame, ...]:
+        if self._frames is None:
+            self._frames = tuple(SourceFrame(code.co_filename, line, code.co_name) for code, line in self._raw)
+            self._raw = ()
+        return self._frames
+
+    def __getitem__(self, i):
+        return self.resolved()[i]
+
+    def __len__(self) -> int:
+        return len(self._raw) if self._frames is None else len(self._frames)
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, LazyFrames):
+            other = other.resolved()
+        return self.resolved() == tuple(other) if isinstance(other, (tuple, list)) else NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return repr(self.resolved())
+
+
 @dataclass(eq=False)
 class Node:
     """One call of a layer ("net") or of a framework function ("api")."""
@@ -92,8 +139,13 @@ class Node:
     input_uses: Optional[Dict[str, int]] = None
     output_grad_ids: List[str] = field(default_factory=list)  # id paths of the outputs that record one
     in_prints: Optional[Tuple[float, ...]] = None  # framework calls: norms of the floating inputs
-    frames: Tuple[SourceFrame, ...] = ()  # user's frames, outermost first, ending at the call
+    # user's frames, outermost first, ending at the call (a LazyFrames while recording)
+    frames: Sequence = ()
     call_count: int = 0  # how many times this layer was called before this call
+
+    def __repr__(self) -> str:
+        return (f"Node({self.kind} {self.label()!r}, {self.name}, {len(self.outputs)} output(s), "
+                f"{len(self.children)} child call(s))")
 
     def walk(self):
         yield self
@@ -123,6 +175,9 @@ class Trace:
     root: Optional[Node] = None
     nodes: List[Node] = field(default_factory=list)
     loss: Optional[TensorRecord] = None
+
+    def __repr__(self) -> str:
+        return f"Trace({self.framework} {self.model_name!r}, {len(self.nodes)} calls)"
 
     def drop_arrays(self) -> None:
         """Free the recorded values once compared; shapes, dtypes and the tree stay."""

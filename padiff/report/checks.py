@@ -31,7 +31,7 @@ def finding_lines(f: Finding) -> List[str]:
         head = (f"{P}     Diff at {f.what}: {f.test_type} {d.dtype_a} {_shape(d.shape_a)} (first) vs "
                 f"{f.ref_type} {d.dtype_b} {_shape(d.shape_b)} (second)")
     lines = [head]
-    lines.extend(d.message().splitlines())
+    lines.extend(d.message(("first", "second")).splitlines())
     if f.cause:
         lines.append(f"{P}     Hint: {f.cause}")
     return lines
@@ -58,7 +58,7 @@ def _value_table(findings: List[Finding]) -> List[str]:
             figures = (f"{d.dtype_a} vs {d.dtype_b}, shape {_shape(d.shape_a)}, greatest absolute difference "
                        f"{d.max_abs:.6g}")
         else:
-            figures = d.message().splitlines()[0] if d.message() else ""
+            figures = d.message(("first", "second")).splitlines()[0] if d.message() else ""
         lines.append(f"  {state} {f.what}: {figures}")
     return lines
 
@@ -70,7 +70,7 @@ def _compare_lines(result, full: bool) -> List[str]:
     bad = result.mismatches
     if bad:
         verb = "differs" if len(bad) == 1 else "differ"
-        lines.append(f"{P} FAILED !!! {len(bad)} of {_plural(result.count, 'value')} {verb}.")
+        lines.append(f"{P} {len(bad)} of {_plural(result.count, 'value')} {verb}.")
         shown = bad if full else bad[:SHOWN]
         for f in shown:
             lines.extend(finding_lines(f))
@@ -99,11 +99,11 @@ def _dataloader_lines(result, full: bool) -> List[str]:
             lines.append(f"{P} All {_plural(result.count, 'batch')} agree.")
         return lines
     if result.stop == "diff":
-        lines.append(f"{P} FAILED !!! Diff found in batch {result.index}.")
+        lines.append(f"{P} Diff found in batch {result.index}.")
     elif result.stop == "length":
-        lines.append(f"{P} FAILED !!! The loaders differ in length: one ended at batch {result.index}.")
+        lines.append(f"{P} The loaders differ in length: one ended at batch {result.index}.")
     else:
-        lines.append(f"{P} FAILED !!! The loaders differ in length.")
+        lines.append(f"{P} The loaders differ in length.")
     bad = result.mismatches
     shown = bad if full else bad[:SHOWN + 2]
     for f in shown:
@@ -149,12 +149,12 @@ def _schedule_lines(result, full: bool) -> List[str]:
     first, second = result.values
     n_bad = len(result.mismatches)
     d = _digits(first[i], second[i])
-    lines.append(f"{P} FAILED !!! {n_bad} of {_plural(result.count, 'step')} differ; the first differing step is "
+    lines.append(f"{P} {n_bad} of {_plural(result.count, 'step')} differ; the first differing step is "
                  f"{i}: {first[i]:.{d}g} (first) vs {second[i]:.{d}g} (second).")
     lo, hi = (0, result.count) if full else (max(0, i - _WINDOW[0]), min(result.count, i + _WINDOW[1] + 1))
     lines.extend(_schedule_rows(result, lo, hi, d))
     f = result.first
-    lines.extend(f.diff.message().splitlines())
+    lines.extend(f.diff.message(("first", "second")).splitlines())
     if f.cause:
         lines.append(f"{P}     Hint: {f.cause}")
     return lines

@@ -115,7 +115,8 @@ def failure_block(finding: Finding, step: StepResult, *, ref_side, test_side, fi
     f = finding
     files: List[str] = []
     stage = STAGE_TITLES.get(f.stage, f.stage)
-    lines = [f"{P} FAILED !!!", f"{P}     Diff found in {stage} in step {f.step}"]
+    # the verdict line ("FAILED !!!") is printed once, last, by the end of the report
+    lines = [f"{P} Diff found in {stage} in step {f.step}"]
     if f.cause:
         lines.append(f"{P}     {f.cause}")
     order = [(ref_side, f.ref_path, f.ref_type), (test_side, f.test_path, f.test_type)]
@@ -127,8 +128,9 @@ def failure_block(finding: Finding, step: StepResult, *, ref_side, test_side, fi
     lines.append(f"{P}            {order[1][1]:<{w}}  ({order[1][0].label})")
     lines.append(f"{P}     Compared: {f.what}")
     lines.append("")
-    lines.extend(f.diff.message().splitlines())
+    lines.extend(f.diff.message((test_side.label, ref_side.label)).splitlines())
     lines.append("")
+    lines.extend(nonfinite_lines(step.nonfinite or [], f))
     if origin is not None:
         lines.extend(f"{P}     {line}" for line in origin_lines(origin, f))
         lines.append("")
@@ -162,9 +164,26 @@ def failure_block(finding: Finding, step: StepResult, *, ref_side, test_side, fi
     elif f.ref_repr or f.test_repr:
         lines.append(f"{P}     Layers: {f.ref_repr}  ({ref_side.label})")
         lines.append(f"{P}             {f.test_repr}  ({test_side.label})")
-    lines.append(f"{P} The {stage.lower()} comparing failed !!!" if f.stage in ("forward", "backward")
-                 else f"{P} FAILED !!!")
     return lines, files
+
+
+def nonfinite_lines(found, finding) -> List[str]:
+    """NaN that appeared in the run (``compare.nonfinite.NonFinite``) while the difference's own
+    values are finite (a NaN masked later, ``where(x > 0, log(x), 0)``), with the source line.
+    Where the difference holds NaN/Inf, its ``cause`` names the origin instead; an Inf alone
+    (an attention mask made with -inf) is no news."""
+    shown = [x for x in found if x.nan] if not finding.nonfinite else []
+    if not shown:
+        return []
+    lines = [f"{P}     NaN appeared before this difference, though its values are finite:"]
+    for x in shown:
+        lines.append(f"{P}         {x.label}: {x.describe()}")
+        src = x.source
+        text = src.line_text() if src is not None else ""
+        if text:
+            lines.append(f"{P}             {text}")
+    lines.append("")
+    return lines
 
 
 def param_blocks(findings: List[Finding], *, heading: str, ref_side, test_side) -> List[str]:
@@ -184,7 +203,7 @@ def param_blocks(findings: List[Finding], *, heading: str, ref_side, test_side) 
         ]
         if f.cause:
             lines.append(f.cause)
-        lines += f.diff.message().splitlines()
+        lines += f.diff.message((test_side.label, ref_side.label)).splitlines()
         lines.append("")
     return lines
 
@@ -202,4 +221,37 @@ def single_step_list(step: StepResult, *, ref_side, test_side) -> List[str]:
         figures = d.detail if d.problem else (f"max abs {d.max_abs:.3g}, max rel {d.max_rel:.3g}, "
                                               f"rel-L2 {d.rel_l2:.3g}, {d.mismatched}/{d.numel} over tolerance")
         lines.append(f"{P}     {f.stage:<8} {f.test_path}  ({f.test_type} vs {f.ref_type}): {f.what}: {figures}")
+    return lines
+
+
+def short_figures(d) -> str:
+    """The key figures of a comparison in one line (or what went wrong instead)."""
+    if d.problem is not None:
+        return d.message().splitlines()[0] if d.message() else d.problem
+    return (f"max abs {d.max_abs:.3g}, max rel {d.max_rel:.3g}, rel L2 {d.rel_l2:.3g}, "
+            f"{d.mismatched}/{d.numel} over tolerance")
+
+
+def finding_lines(f: Finding, ref: str = "reference", test: str = "tested", origin=None) -> List[str]:
+    """A finding in a few lines: what ``str(finding)`` and ``str(result)`` show (the whole
+    report is :func:`failure_block`'s)."""
+    stage = STAGE_TITLES.get(f.stage, f.stage)
+    w = max(len(ref), len(test)) + 1
+    lines = [f"{stage}, step {f.step}, compared {f.what}:",
+             f"  {ref + ':':<{w}} {f.ref_path} ({f.ref_type})",
+             f"  {test + ':':<{w}} {f.test_path} ({f.test_type})"]
+    for label, node in ((ref, f.ref_node), (test, f.test_node)):
+        frames = getattr(node, "frames", ()) or ()
+        if frames:
+            fr = frames[-1]
+            lines.append(f"  {label} source: {fr.filename}:{fr.lineno} in {fr.function}")
+    if f.diff.problem is None:
+        lines.append("  " + short_figures(f.diff))
+    else:
+        lines.extend("  " + line for line in f.diff.message((test, ref)).splitlines())
+    if f.cause:
+        lines.append("  " + f.cause)
+    if origin is not None:
+        o = origin.finding
+        lines.append(f"  Likely origin: {o.what} of {o.ref_path} ({STAGE_TITLES.get(o.stage, o.stage)}, step {o.step})")
     return lines

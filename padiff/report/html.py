@@ -377,9 +377,12 @@ def build_context(result) -> Dict[str, object]:
             loss = _param_rows([sr.loss], first)[0]
         grads, weights = _param_rows(sr.grads, first), _param_rows(sr.weights, first)
         lr = _param_rows(sr.lr, first)
+        rows = _tree_rows(sr, first, panel)
         steps.append({
             "step": sr.step, "passed": sr.passed, "plots": plots,
-            "rows": _tree_rows(sr, first, panel),
+            "rows": rows,
+            # the row the "first difference" links point at (id="first-divergence"), in this step
+            "tree_first": any(r.first for r in rows),
             "has_tree": sr.ref_trace is not None and getattr(sr.ref_trace, "root", None) is not None,
             "ref_title": getattr(sr.ref_trace, "model_name", "") or ref_label,
             "test_title": getattr(sr.test_trace, "model_name", "") or test_label,
@@ -393,6 +396,7 @@ def build_context(result) -> Dict[str, object]:
     return {
         "passed": bool(result.passed), "ref_label": ref_label, "test_label": test_label,
         "first": panel, "steps": steps, "default_tab": default,
+        "first_in_tree": any(st["tree_first"] for st in steps),
         "options": _options_rows(result.options), "versions": versions(),
         "notes": list(result.notes), "files": list(result.log_files),
         "generated": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -402,6 +406,20 @@ def build_context(result) -> Dict[str, object]:
 def render_html(result) -> str:
     """The report as one HTML string (no external resources)."""
     return _environment().get_template("report.html.j2").render(**build_context(result))
+
+
+def notebook_html(result) -> str:
+    """What a notebook shows for an AlignResult: the HTML report (the same as ``report="html"``
+    writes) in an inline frame, so its styles and script stay its own; the text report in a
+    <pre> block where Jinja2 is not installed."""
+    import html
+    import importlib.util
+
+    if importlib.util.find_spec("jinja2") is None:
+        return f"<pre>{html.escape(result.report or str(result))}</pre>"
+    page = render_html(result)
+    return (f'<iframe class="padiff-report" srcdoc="{html.escape(page, quote=True)}" '
+            'style="width:100%;height:640px;border:1px solid #dadce0" sandbox="allow-scripts"></iframe>')
 
 
 def write_html(result, path: str) -> str:

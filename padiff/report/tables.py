@@ -291,36 +291,20 @@ def console_summary(result, color: Optional[bool] = None, *, stream=None, files:
                              + (f": {c(text, 'dim')}" if text else ""))
         if f.cause:
             lines.append(f"  {f.cause}")
-        for line in f.diff.message().splitlines():
+        for line in f.diff.message((test, ref)).splitlines():
             lines.append("  " + line)
         growth = _growth_line(result, c)
         if growth:
             lines.append(growth)
         if getattr(result, "likely_origin", None) is not None:
             lines.append(_origin_line(result.likely_origin, c))
-    checked = []
-    for stage, ok, total in _counts(result.steps):
-        word = _STAGE_WORD.get(stage, stage)
-        if ok == total:
-            checked.append(f"{word} {total}")
-        else:
-            checked.append(f"{word} {c(f'{total - ok} of {total} differ', 'red')}")
+    checked = _checked(result, c)
     if checked:
-        tail = " (all within tolerance)" if result.passed else ""
-        lines.append("Checked: " + ", ".join(checked) + tail)
+        lines.append(checked)
     if result.passed:
-        closest = _closest(result)
-        if closest is not None:
-            cf, use = closest
-            criterion = cf.diff.tolerance_use()[1]
-            if cf.stage == "loss":
-                where = "the loss"
-            elif cf.stage in ("forward", "backward"):
-                where = f"{cf.stage} {cf.what} of {c(cf.ref_path, 'cyan')}"
-            else:
-                where = f"{cf.what} at {c(cf.ref_path, 'cyan')}"
-            lines.append(f"Closest to its tolerance: {where}, rel L2 {fmt_num(cf.diff.rel_l2)}, "
-                         f"max abs {fmt_num(cf.diff.max_abs)} ({use:.0%} of the allowed error, {criterion})")
+        closest = _closest_line(result, c)
+        if closest:
+            lines.append(closest)
     for note in result.notes:
         lines.append(c("Note: ", "yellow") + note)
     shown = list(dict.fromkeys(list(files) + list(result.log_files)))
@@ -328,6 +312,57 @@ def console_summary(result, color: Optional[bool] = None, *, stream=None, files:
         lines.append("Reports: " + shown[0])
         lines.extend("         " + p for p in shown[1:])
     return "\n".join(lines)
+
+
+def run_tail(result, color: Optional[bool] = None, *, stream=None) -> List[str]:
+    """The lines that close an auto_diff report before its verdict, saying only what the report
+    did not say already: how the forward error grew up to the first difference, what was
+    checked, and (when aligned) which comparison came closest to its tolerance. Notes, paths
+    and figures were printed as they came."""
+    if color is None:
+        color = color_enabled(stream)
+    c = _painter(bool(color))
+    lines = []
+    growth = _growth_line(result, c)
+    if growth:
+        lines.append(f"[AutoDiff] {growth}")
+    checked = _checked(result, c)
+    if checked:
+        lines.append(f"[AutoDiff] {checked}")
+    if result.passed:
+        closest = _closest_line(result, c)
+        if closest:
+            lines.append(f"[AutoDiff] {closest}")
+    return lines
+
+
+def _checked(result, c) -> str:
+    checked = []
+    for stage, ok, total in _counts(result.steps):
+        word = _STAGE_WORD.get(stage, stage)
+        if ok == total:
+            checked.append(f"{word} {total}")
+        else:
+            checked.append(f"{word} {c(f'{total - ok} of {total} differ', 'red')}")
+    if not checked:
+        return ""
+    return "Checked: " + ", ".join(checked) + (" (all within tolerance)" if result.passed else "")
+
+
+def _closest_line(result, c) -> str:
+    closest = _closest(result)
+    if closest is None:
+        return ""
+    cf, use = closest
+    criterion = cf.diff.tolerance_use()[1]
+    if cf.stage == "loss":
+        where = "the loss"
+    elif cf.stage in ("forward", "backward"):
+        where = f"{cf.stage} {cf.what} of {c(cf.ref_path, 'cyan')}"
+    else:
+        where = f"{cf.what} at {c(cf.ref_path, 'cyan')}"
+    return (f"Closest to its tolerance: {where}, rel L2 {fmt_num(cf.diff.rel_l2)}, "
+            f"max abs {fmt_num(cf.diff.max_abs)} ({use:.0%} of the allowed error, {criterion})")
 
 
 def _growth_line(result, c) -> str:

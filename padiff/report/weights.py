@@ -54,13 +54,11 @@ def registration_tree(side, *, unit_keys, here_key, layer_map=None, show_path=Fa
     return lines
 
 
-def copy_failure_lines(plan, *, first_side, layer_map=None, show_path=False, header: str = "[AutoDiff]") -> List[str]:
-    from ..weights.assign import units_of
-
+def _between(plan) -> List[str]:
+    """Both layers (reprs) and both parameter paths of a failed copy, labelled by framework."""
     fail = plan.failure
-    src, dst = plan.src, plan.dst
-    lines = [f"{header} Assign weight Failed !!!", "Error occured between:"]
-    for side, unit, name in ((dst, fail.dst_unit, fail.dst_name), (src, fail.src_unit, fail.src_name)):
+    lines = []
+    for side, unit, name in ((plan.dst, fail.dst_unit, fail.dst_name), (plan.src, fail.src_unit, fail.src_name)):
         if unit is None:
             lines.append(f"    {side.label}: (no layer left to pair)")
             continue
@@ -68,6 +66,23 @@ def copy_failure_lines(plan, *, first_side, layer_map=None, show_path=False, hea
         pad = " " * (len(side.label) + 2)
         lines.append(f"    {side.label}: `{rep}`")
         lines.append(f"    {pad}`{unit.path}{'.' + name if name else ''}`")
+    return lines
+
+
+def copy_failure_message(plan) -> List[str]:
+    """The whole of a failed copy in a few lines, for the exception: which way the weights
+    went, both layers, both parameter paths, and what did not fit."""
+    return ([f"Weights could not be copied from the {plan.src.label} model into the {plan.dst.label} model. "
+             "The error occurred between:"] + _between(plan) + [plan.failure.message])
+
+
+def copy_failure_lines(plan, *, first_side, layer_map=None, show_path=False, header: str = "[AutoDiff]") -> List[str]:
+    from ..weights.assign import units_of
+
+    fail = plan.failure
+    src, dst = plan.src, plan.dst
+    # "occured": the seeds' report line, kept as they print it (the exception spells it right)
+    lines = [f"{header} Assign weight Failed !!!", "Error occured between:"] + _between(plan)
     lines.append(fail.message)
     lines.append("")
     sides = [src, dst] if first_side is src else [dst, src]
@@ -182,6 +197,25 @@ def convert_table_lines(table) -> List[str]:
     elif table.dst_path and not table.keys:
         lines.append(f"[padiff convert] Nothing written to {table.dst_path}: no checkpoint key found a {dst} tensor.")
     return lines
+
+
+def convert_verify_line(table) -> str:
+    """The check after converting: ALIGNED, or where the two models first differ."""
+    result = table.verified
+    line = (f"[padiff convert] Verify: the {table.src_framework} model loaded from {table.src_path} against the "
+            f"{table.dst_framework} model loaded from {table.verified_from}, forward on the inputs: ")
+    if result:
+        line += "ALIGNED."
+    else:
+        f = result.first
+        line += "NOT ALIGNED: " + (f"the first difference is in {result.ref_label} `{f.ref_path}` / "
+                                   f"{result.test_label} `{f.test_path}` ({f.what})." if f is not None else
+                                   "see the report above.")
+    kept = table.kept_own
+    if kept:
+        line += (f" ({_n(len(kept), 'key')} of the models in neither checkpoint kept the model's own value: "
+                 f"{', '.join(kept[:3])}{', ...' if len(kept) > 3 else ''}.)")
+    return line
 
 
 CSV_COLUMNS = ("source_key", "source_shape", "action", "destination_key", "destination_shape", "note", "guessed")

@@ -54,8 +54,7 @@ import numpy as np
 from ..errors import PadiffError
 from ..frameworks import get_adapter
 from .auto import SKIP_BUFFERS, state_of
-from .checkpoint import (Checkpoint, SafetensorsWriter, TensorInfo, open_checkpoint, parse_size,
-                         safetensors_target, storage_dtype)
+from .checkpoint import Checkpoint, SafetensorsWriter, TensorInfo, open_checkpoint, parse_size, storage_dtype
 from .fused import brace
 from .rules import PADDLE_TO_TORCH_CLASS, RuleError, family, find_rule, in_order
 
@@ -105,7 +104,8 @@ class ConvertTable:
     written: bool = False
     notes: List[str] = field(default_factory=list)
     verified: object = None  # the AlignResult of the check after converting (None: not checked)
-    verify_text: str = ""
+    verified_from: str = ""  # the written file the destination model was loaded from
+    kept_own: List[str] = field(default_factory=list)  # model keys in neither checkpoint, at the check
     _jobs: List[_Job] = field(default_factory=list, repr=False)
 
     @property
@@ -206,7 +206,7 @@ def _finish(table, ckpt, used, dst_items, dst_ad, dst_name):
                                          f"no {dst_name} tensor takes it"))
     if dst_items is None:
         return
-    filled = set(table.keys)
+    filled = set(table.keys) | {r.dst_key for r in table.rows if r.dst_key}  # given a value, or said why not
     for k, t in dst_items:
         if k not in filled and _last(k) not in SKIP_BUFFERS:
             table.rows.append(ConvertRow("", None, "unmatched", k, tuple(dst_ad.shape(t)),
@@ -295,7 +295,8 @@ def _forward(table, ckpt, plan):
                 readers.append((lambda k=key: ckpt.array(k), ckpt.info(key).dtype))
             elif src.adapter.has_data(s.src_tensor):
                 own.append(names[0])
-                readers.append((lambda t=s.src_tensor: src.adapter.raw_array(t)[0], src.adapter.dtype_name(s.src_tensor)))
+                readers.append((lambda t=s.src_tensor: src.adapter.raw_array(t)[0],
+                                src.adapter.dtype_name(s.src_tensor)))
             else:
                 lost.append(names[0])
         src_key = labels[0] if len(labels) == 1 else brace(labels)
@@ -446,7 +447,7 @@ def _backward(table, ckpt, plan):
                 tensors.setdefault(id(s.src_tensor), s.src_tensor)
                 feeds.setdefault(id(s.src_tensor), []).append(l)
         absent = [paddle_keys[id(l.dst_tensor)][0] for l in comp if keys[id(l.dst_tensor)] is None]
-        used.update(k for k in keys.values() if k is not None)
+        used.update(k for l in comp for k in paddle_keys[id(l.dst_tensor)] if k in ckpt)  # aliases too
         shapes = {id(l.dst_tensor): tuple(dst.adapter.shape(l.dst_tensor)) for l in comp}
         inverse = _Inverse(comp, [(tid, tuple(src.adapter.shape(t))) for tid, t in tensors.items()],
                            lambda l, k=keys: ckpt.array(k[id(l.dst_tensor)]), shapes)
@@ -560,10 +561,7 @@ def _through_paddle_model(table, ckpt, paddle_model, layer_map):
                                                  tuple(np.shape(c.array)),
                                                  "also saved as " + ", ".join(dst_keys[1:]) if len(dst_keys) > 1
                                                  else ""))
-    # Rows for paddle keys already reported as unmatched must not be repeated by _finish.
-    reported = {r.dst_key for r in table.rows if r.dst_key}
-    items = [(k, t) for k, t in ad.state_items(paddle_model) if k not in reported]
-    _finish(table, ckpt, used, items, ad, "paddle")
+    _finish(table, ckpt, used, ad.state_items(paddle_model), ad, "paddle")
 
 
 # --- mode 3: names ----------------------------------------------------------------------------
@@ -784,19 +782,7 @@ def _verify(table, ckpt, read_back, paddle_model, torch_model, layer_map, inputs
     with redirect:
         result = auto_diff(paddle_model, torch_model, (pd_in, pt_in), layer_map=layer_map, auto_weights=False,
                            diff_phase="forward")
-    table.verified = result
-    head = (f"[padiff convert] Verify: the {table.src_framework} model loaded from {table.src_path} against the "
-            f"{table.dst_framework} model loaded from {read_back}, forward on the inputs: ")
-    if result:
-        table.verify_text = head + "ALIGNED."
-    else:
-        f = result.first
-        where = (f"the first layer that differs is {result.ref_label} `{f.ref_path}` / {result.test_label} "
-                 f"`{f.test_path}` ({f.what})") if f is not None else "see the report above"
-        table.verify_text = head + f"NOT ALIGNED: {where}."
-    if missing:
-        table.verify_text += (f" ({len(missing)} key(s) of the models were in neither checkpoint and kept the "
-                              f"model's own values: {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}.)")
+    table.verified, table.verified_from, table.kept_own = result, read_back, missing
 
 
 # --- the function -------------------------------------------------------------------------------
@@ -901,7 +887,9 @@ def convert_checkpoint(src_path, dst_path=None, paddle_model=None, layer_map=Non
         if verify and read_back is not None:
             _verify(table, ckpt, read_back, paddle_model, torch_model, layer_map, inputs, stream)
             if verbose:
-                print(table.verify_text, file=stream)
+                from ..report.weights import convert_verify_line
+
+                print(convert_verify_line(table), file=stream)
     table._jobs = []
     return table
 

@@ -13,7 +13,7 @@ def _check_layer(obj, what: str):
 
     ad = adapter_for(obj, what)
     if not ad.is_layer(obj):
-        raise PadiffError(f"{what} must be a layer (torch.nn.Module or paddle.nn.Layer), got a "
+        raise PadiffError(f"The {what} must be a layer (torch.nn.Module or paddle.nn.Layer), got a "
                           f"{type(obj).__name__}.")
     return obj
 
@@ -87,8 +87,8 @@ class LayerMap:
 
     def add(self, a, b) -> None:
         """Pair layer ``a`` of one model with layer ``b`` of the other."""
-        _check_layer(a, "A LayerMap key")
-        _check_layer(b, "A LayerMap value")
+        _check_layer(a, "LayerMap key")
+        _check_layer(b, "LayerMap value")
         if a is b:
             raise PadiffError(f"LayerMap pairs a {type(a).__name__} with itself: pair a layer of one model with "
                               "the matching layer of the other model.")
@@ -99,12 +99,12 @@ class LayerMap:
     def ignore(self, layer) -> None:
         """Leave this layer's own weights out (its sublayers are still walked)."""
         for one in layer if isinstance(layer, (list, tuple)) else [layer]:
-            self._ignored[id(_check_layer(one, "LayerMap.ignore's argument"))] = one
+            self._ignored[id(_check_layer(one, "argument of LayerMap.ignore"))] = one
 
     def ignore_recursively(self, layer) -> None:
         """Leave this layer and everything inside it out."""
         for one in layer if isinstance(layer, (list, tuple)) else [layer]:
-            self._ignored_deep[id(_check_layer(one, "LayerMap.ignore_recursively's argument"))] = one
+            self._ignored_deep[id(_check_layer(one, "argument of LayerMap.ignore_recursively"))] = one
 
     def auto(self, a, b, *, stream=None):
         """Pair the sublayers of models ``a`` and ``b`` by structure (kinds and parameter
