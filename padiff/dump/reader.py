@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ..errors import PadiffError
+from ..frameworks.base import RecordedModelAdapter
 from ..record.trace import Node, SourceFrame, TensorRecord, Trace
 from .format import manifest_files, read_manifest
 
@@ -127,7 +128,7 @@ def _named(layer: DumpLayer, attr: str):
     return out
 
 
-class DumpAdapter:
+class DumpAdapter(RecordedModelAdapter):
     """The adapter protocol, as far as weight pairing and reports use it, over a dump."""
 
     def __init__(self, dump: "Dump"):

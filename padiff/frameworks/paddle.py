@@ -9,6 +9,8 @@ import os
 import numpy as np
 import paddle
 
+from .base import FrameworkAdapter
+
 _CONTAINERS = (paddle.nn.Sequential, paddle.nn.LayerList, paddle.nn.LayerDict)
 # Tensor-parallel layer classes, by class name: paddle.distributed.fleet.meta_parallel's (and
 # paddleformers', which use them); a layer whose class, or a base class, has one of these names is
@@ -31,7 +33,7 @@ def _norm(flat: np.ndarray) -> float:
     return math.sqrt(float(np.dot(flat, flat)))
 
 
-class Adapter:
+class Adapter(FrameworkAdapter):
     name = "paddle"
     title = "Paddle"
     supports_kwargs_hooks = True

@@ -11,6 +11,8 @@ import zipfile
 import numpy as np
 import torch
 
+from .base import FrameworkAdapter
+
 _NUMPY_OK = (torch.float16, torch.float32, torch.float64, torch.int8, torch.int16, torch.int32,
              torch.int64, torch.uint8, torch.bool, torch.complex64, torch.complex128)
 _CONTAINERS = (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)
@@ -22,7 +24,7 @@ _RANDOM = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dr
            torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)
 
 
-class Adapter:
+class Adapter(FrameworkAdapter):
     name = "torch"
     title = "Torch"
     # Capabilities, as data.
