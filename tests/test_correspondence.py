@@ -256,3 +256,24 @@ def test_a_weight_that_fits_nowhere_still_stops_with_the_seeds_report():
     with pytest.raises(Exception, match="Shape of param"):
         auto_diff(p, t, (xp, xt))
     assert all(np.array_equal(before[n], v.numpy()) for n, v in p.named_parameters())
+
+
+def test_a_copy_that_fails_half_way_gives_the_destination_its_old_values(monkeypatch):
+    from padiff.frameworks import get_adapter
+
+    t, p = TorchGatedMLP(), PaddleGatedMLP()
+    before = {n: v.numpy().copy() for n, v in p.named_parameters()}
+    ad = get_adapter("paddle")
+    real, calls = ad.set_value, []
+
+    def flaky(param, array):  # padiff's own adapter call fails on the fourth write
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("disk on fire")
+        real(param, array)
+
+    monkeypatch.setattr(ad, "set_value", flaky)
+    with pytest.raises(Exception, match=r"failed \(RuntimeError: disk on fire\); the paddle model was left as it was"):
+        assign_weight(p, t)
+    monkeypatch.undo()
+    assert all(np.array_equal(before[n], v.numpy()) for n, v in p.named_parameters())

@@ -563,22 +563,36 @@ def plan_copy(src: Side, dst: Side, layer_map=None, *, values: Optional[Dict[int
     return plan
 
 
+_UNDO_BYTES = 256 << 20  # old values kept to undo a failed copy; beyond this, none are kept
+
+
 def apply_copy(plan: WeightPlan) -> None:
-    """Write every link's value into the destination model; on any error, the destination
-    tensors already written get their old values back."""
+    """Write every link's value into the destination model. Every shape is checked before
+    anything is written; if a write still fails, the destination tensors already written get
+    their old values back (kept up to 256 MB; a larger model is said to be partly written)."""
     if not plan.ok:
         raise PadiffError(plan.failure.message)
     da = plan.dst.adapter
-    written = []
+    for link in plan.links:
+        got, want = tuple(np.shape(link.converted.array)), tuple(da.shape(link.dst_tensor))
+        if got != want:
+            raise PadiffError(f"Copying `{link.src_path}` into `{link.dst_path}`: the converted value has shape "
+                              f"{list(got)} but the {plan.dst.label} tensor has {list(want)}; nothing was written.")
+    written, kept = [], 0
     try:
         for link in plan.links:
             arr = np.asarray(link.converted.array)
-            old = da.to_numpy(link.dst_tensor)
+            old = da.to_numpy(link.dst_tensor) if kept < _UNDO_BYTES else None
             da.set_value(link.dst_tensor, arr if arr.flags.writeable else np.array(arr))
             written.append((link.dst_tensor, old))
+            kept += old.nbytes if old is not None else 0
     except Exception as exc:
+        undone = all(old is not None for _, old in written)
         for tensor, old in reversed(written):
-            da.set_value(tensor, old)
+            if old is not None:
+                da.set_value(tensor, old)
+        state = "was left as it was" if undone else f"has {len(written)} of its tensors overwritten (too large to keep " \
+                                                      "their old values): rebuild it before comparing"
         raise PadiffError(
             f"Copying `{link.src_path}` into `{link.dst_path}` failed ({type(exc).__name__}: {exc}); the "
-            f"{plan.dst.label} model was left as it was.") from exc
+            f"{plan.dst.label} model {state}.") from exc
