@@ -104,8 +104,26 @@ class StepResult:
         return self.first_failure is None
 
 
+class Verdict:
+    """A result that is true when the models agree: ``if result``, ``result == True`` (PaDiff
+    0.2's scripts); ``passed`` is its field. Compared with anything else, it is itself only."""
+
+    passed: bool
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, bool):
+            return self.passed == other
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
 @dataclass(eq=False)
-class AlignResult:
+class AlignResult(Verdict):
     """What ``auto_diff`` returns. True when the models agree; ``== False`` when not."""
 
     passed: bool
@@ -122,17 +140,6 @@ class AlignResult:
     # a later check failed (None otherwise)
     likely_origin: object = None
     nonfinite: List[object] = field(default_factory=list)  # compare.nonfinite.NonFinite of the failed step
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-    def __eq__(self, other) -> bool:
-        if isinstance(other, bool):
-            return self.passed == other
-        return self is other
-
-    def __hash__(self) -> int:
-        return id(self)
 
     @property
     def stage(self) -> Optional[str]:

@@ -52,7 +52,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..compare.api_names import canonical
-from ..compare.result import STAGE_TITLES
+from ..compare.result import STAGE_TITLES, Verdict
 from ..errors import PadiffError
 from ..record.trace import Node, TensorRecord, Trace
 from ..report.console import P
@@ -106,8 +106,11 @@ def layer_layout(ad, layer, path: str, root: str, mapping: Dict[str, Optional[st
     hit = match_layout(mapping, path, root) if mapping else None
     if hit is not None:
         return {"layout": hit[1], "from": f"tp_layout[{hit[0]!r}]"} if hit[1] else None
-    found = ad.parallel_layer(layer) if hasattr(ad, "parallel_layer") else None
-    return {"layout": found[0], "from": f"class {found[1]}"} if found else None
+    for cls in type(layer).__mro__:  # the class's own name, or a base class's
+        layout = ad.parallel_layer_classes.get(cls.__name__)
+        if layout is not None:
+            return {"layout": layout, "from": f"class {cls.__name__}"}
+    return None
 
 
 def shard_dim(layout: Optional[str], ndim: int, weight_layout: Optional[str]) -> Optional[int]:
@@ -780,7 +783,7 @@ class RankResult:
 
 
 @dataclass(eq=False)
-class DistributedResult:
+class DistributedResult(Verdict):
     """What ``compare_dumps`` returns for distributed dumps: true when every compared pair of
     ranks agrees; ``ranks`` holds each pair's :class:`RankResult`, ``first`` the one that
     diverged first (the earliest first difference in the order padiff checks)."""
@@ -792,17 +795,6 @@ class DistributedResult:
     notes: List[str] = field(default_factory=list)
     report: str = ""
     log_files: List[str] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-    def __eq__(self, other) -> bool:
-        if isinstance(other, bool):
-            return self.passed == other
-        return self is other
-
-    def __hash__(self) -> int:
-        return id(self)
 
     @property
     def agreeing(self) -> List[str]:

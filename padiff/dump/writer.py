@@ -76,7 +76,7 @@ def dump(model, inputs, path, loss_fn=None, optimizer=None, steps=None, options=
             raise PadiffError(f"padiff.dump records one model: pass this model's own {what}, not a pair "
                               f"(got a {type(value).__name__} of {len(value)}).")
     caller = model
-    inner = ad.data_parallel_inner(model) if hasattr(ad, "data_parallel_inner") else None
+    inner = ad.data_parallel_inner(model)
     if inner is not None:  # recorded under the user's own model's name; called through the wrapper
         model = inner
     mapping = distributed.layout_map(tp_layout)
@@ -86,7 +86,7 @@ def dump(model, inputs, path, loss_fn=None, optimizer=None, steps=None, options=
         notes.append(f"The model was given inside {type(caller).__name__}: padiff called the wrapper and recorded "
                      f"the {type(model).__name__} inside it.")
     layer_table = _layer_table(side, mapping)
-    info = ad.distributed_info() if hasattr(ad, "distributed_info") else None
+    info = ad.distributed_info()
     ranked = None  # the manifest's "distributed" entry
     if info is not None:
         tp_layers = sum(1 for e in layer_table[0] if e.get("tp"))

@@ -115,6 +115,10 @@ class FrameworkAdapter(RecordedModelAdapter, Protocol):
     """How ``Linear.weight`` is stored: ``"out_in"`` ([out_features, in_features], torch) or
     ``"in_out"`` (paddle). Weight pairing transposes between the two; the dump records it. The
     dump reader lacks it, so the core reads it with ``getattr(ad, "linear_weight_layout", None)``."""
+    parallel_layer_classes: Dict[str, str]
+    """Tensor-parallel layer classes, by class name, and their layout (``"column"``, ``"row"`` or
+    ``"vocab"``); a layer whose class or a base class has one of these names is sharded so.
+    Empty where the framework has none."""
     supports_kwargs_hooks: bool
     """Whether forward hooks see keyword arguments. Declared; the core does not read it yet."""
     supports_tensor_grad_hooks: bool
@@ -140,10 +144,6 @@ class FrameworkAdapter(RecordedModelAdapter, Protocol):
 
     def data_parallel_inner(self, model: Layer) -> Optional[Layer]:
         """The model inside a data-parallel wrapper (DistributedDataParallel, DataParallel), else None."""
-
-    def parallel_layer(self, layer: Layer) -> Optional[Tuple[str, str]]:
-        """``(layout, class name)`` of a tensor-parallel layer (layout ``"column"``, ``"row"`` or
-        ``"vocab"``, found by its class's or a base class's name); None for any other layer."""
 
     # --- hooks -------------------------------------------------------------------------------
     def add_forward_hooks(self, layer: Layer, pre: Callable, post: Callable) -> List[Handle]:

@@ -38,6 +38,7 @@ class Adapter(FrameworkAdapter):
     title = "Paddle"
     supports_kwargs_hooks = True
     supports_tensor_grad_hooks = True
+    parallel_layer_classes = _PARALLEL_LAYERS  # tensor-parallel classes by name: their layout
     linear_weight_layout = "in_out"  # Linear.weight is [in_features, out_features]
     package_prefix = "paddle."
 
@@ -135,14 +136,6 @@ class Adapter(FrameworkAdapter):
         """The model inside paddle.DataParallel, else None."""
         if isinstance(model, paddle.DataParallel):
             return model._layers
-        return None
-
-    def parallel_layer(self, layer):
-        """(layout, class name) of a tensor-parallel layer, found by class name (its own or a base
-        class's); None for any other layer."""
-        for cls in type(layer).__mro__:
-            if cls.__name__ in _PARALLEL_LAYERS:
-                return _PARALLEL_LAYERS[cls.__name__], cls.__name__
         return None
 
     # --- hooks ---------------------------------------------------------------------------

@@ -30,6 +30,7 @@ class Adapter(FrameworkAdapter):
     # Capabilities, as data.
     supports_kwargs_hooks = True
     supports_tensor_grad_hooks = True
+    parallel_layer_classes = _PARALLEL_LAYERS  # tensor-parallel classes by name: their layout
     linear_weight_layout = "out_in"  # Linear.weight is [out_features, in_features]
     package_prefix = "torch."
 
@@ -111,14 +112,6 @@ class Adapter(FrameworkAdapter):
         """The model inside a data-parallel wrapper (DistributedDataParallel, DataParallel), else None."""
         if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
             return model.module
-        return None
-
-    def parallel_layer(self, layer):
-        """(layout, class name) of a tensor-parallel layer, found by class name (its own or a base
-        class's); None for any other layer."""
-        for cls in type(layer).__mro__:
-            if cls.__name__ in _PARALLEL_LAYERS:
-                return _PARALLEL_LAYERS[cls.__name__], cls.__name__
         return None
 
     # --- hooks ---------------------------------------------------------------------------
