@@ -19,13 +19,15 @@ from .compare import nonfinite
 from .compare.context import GradientContext
 from .compare.engine import (compare_backward, compare_forward, compare_outputs, compare_links, gap_notes,
                              largest_magnitude)
-from .compare.metrics import TensorDiff, compare_arrays, compare_records, explained_error, tolerance_for
+from .compare.metrics import (TensorDiff, carried_error, compare_arrays, compare_records, explained_error,
+                              tolerance_for)
 from .compare.origin import step_origin
 from .compare.overlap import Arrivals, Background, wants_overlap
 from .compare.edges import composite_boundaries, shift_fused_activations
 from .compare.pairing import correspondence, layer_paths, pair_traces
 from .compare.result import AlignResult, Finding, StepResult
 from .errors import PadiffError
+from .loss import default_loss_weights
 from .frameworks import adapter_for
 from .options import Options, build_options, preflight
 from .record.recorder import Recorder
@@ -245,10 +247,10 @@ def _loss_of(side: Side, out, loss_fn):
     if not leaves:
         raise PadiffError(
             f"The {side.label} model's output ({type(out).__name__}) holds no floating-point tensor, so padiff "
-            "cannot form its default loss (the mean of the output). Pass loss_fn=[fn_for_first_model, "
+            "cannot form its default loss (a weighted mean of the output). Pass loss_fn=[fn_for_first_model, "
             "fn_for_second_model], or use diff_phase='forward'."
         )
-    return ad.default_loss(leaves)
+    return ad.default_loss(leaves, [default_loss_weights(tuple(ad.shape(t))) for t in leaves])
 
 
 def run_side(side: Side, call, *, opts: Options, loss_fn, need_loss: bool, param_paths, keep_inputs: bool,
@@ -496,13 +498,19 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
     optimizers = _pair_of(optimizer, "optimizer")
     schedulers = _pair_of(scheduler, "scheduler")
     _check_callables(sides, loss_fns, optimizers, schedulers)  # before any model runs
+    notes: List[str] = []
+    if isinstance(inputs, np.ndarray) and inputs.dtype.kind in "biuf":
+        # One array for both models (PaDiff before 0.2): each gets it as a tensor of its own.
+        notes.append(f"One numpy array {list(inputs.shape)} ({inputs.dtype}) was given as the input: each model "
+                     "received it as one positional tensor of its framework.")
+        inputs = tuple(side.adapter.from_array(inputs, inputs.dtype.name) for side in sides)
     if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
         raise PadiffError(
             "inputs must be a pair (input of the first model, input of the second model), each a dict of "
-            "keyword arguments, a list/tuple of positional arguments, or a single tensor."
+            "keyword arguments, a list/tuple of positional arguments, or a single tensor; or one numpy "
+            "array that both models take as their only input."
         )
     check_input_frameworks(sides, inputs)
-    notes: List[str] = []
     if opts.steps > 1 and optimizers is None:
         notes.append(f"steps={opts.steps} without an optimizer would repeat the same step: padiff ran 1 step. "
                      "Pass optimizer=[opt_for_first, opt_for_second] to train several steps.")
@@ -746,7 +754,8 @@ def _compare_step(ref_run, test_run, ref, test, links, opts, step, reprs, layer_
             ready()  # the tested run's parameter gradients are read after its backward
         sr.grads = compare_links(links, lambda l: ref_run.grads.get(l.src_path), lambda l: test_run.grads.get(l.dst_path),
                                  "grad", "grad", opts, step, reprs, context=_parameter_context(rounding),
-                                 explained=explained_error(f.diff for f in sr.backward))
+                                 explained=explained_error(f.diff for f in sr.backward),
+                                 carried=carried_error(f.diff for f in sr.backward))
         for f in sr.grads:
             if not f.passed:
                 f.cause = "Parameter gradient differs: a backward difference."
@@ -789,7 +798,7 @@ def _loss_finding(ref_run, test_run, loss_fns, opts, step):
     # The loss is computed from the model's outputs: rounding alone leaves u times their size.
     tol = tolerance_for(opts, b.dtype, a.dtype, "loss", stage="loss",
                         context=largest_magnitude(r for _, r in ref_run.trace.root.outputs))
-    name = "loss_fn" if loss_fns else "mean(output)"
+    name = "loss_fn" if loss_fns else "weighted mean(output)"
     f = Finding("loss", "loss", "loss", "loss", name, name, compare_records(b, a, tol, "strict"), step)
     if not f.passed:
         f.cause = "The losses differ while every layer output agreed: look at the loss functions." 

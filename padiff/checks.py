@@ -667,7 +667,7 @@ def main_compare(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("second", help="reference file (e.g. forward_torch.npy)")
     parser.add_argument("--atol", type=float, default=None, help="absolute tolerance (default: auto, per dtype)")
     parser.add_argument("--rtol", type=float, default=None, help="relative tolerance (default: auto, per dtype)")
-    parser.add_argument("--compare-mode", default=None, help="strict (default), mean or abs_mean")
+    parser.add_argument("--compare-mode", default=None, help="auto (default), strict, mean or abs_mean")
     parser.add_argument("--name", default="value", help="root name of the id paths (default: value)")
     parser.add_argument("--log-dir", default=None, help="folder of the report file (default: padiff_log)")
     parser.add_argument("--quiet", action="store_true", help="print nothing; only the exit status tells")

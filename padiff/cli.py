@@ -51,8 +51,8 @@ def compare_main(argv: Sequence[str]) -> int:
     parser.add_argument("second", help="the other dump folder (or array file)")
     parser.add_argument("--atol", type=float, default=None, help="absolute tolerance (default: auto, per dtype)")
     parser.add_argument("--rtol", type=float, default=None, help="relative tolerance (default: auto, per dtype)")
-    parser.add_argument("--compare-mode", choices=("strict", "mean", "abs_mean"), default=None,
-                        help="compare every element (strict, the default) or the tensors' means")
+    parser.add_argument("--compare-mode", choices=("auto", "strict", "mean", "abs_mean"), default=None,
+                        help="every element by the rounding-aware rule, your atol/rtol accepted on top (auto, the default); every element within exactly your atol/rtol (strict); or the tensors' means")
     parser.add_argument("--diff-phase", choices=("forward", "backward", "both"), default=None,
                         help="what to compare (default: what both dumps recorded)")
     parser.add_argument("--steps", type=int, default=None, help="compare only the first N training steps")

@@ -16,7 +16,7 @@ from typing import Mapping, Optional, Tuple
 
 from .errors import PadiffError
 
-COMPARE_MODES = ("strict", "mean", "abs_mean")
+COMPARE_MODES = ("auto", "strict", "mean", "abs_mean")
 DIFF_PHASES = ("forward", "backward", "both")
 REPORT_KINDS = ("text", "html")
 
@@ -52,7 +52,9 @@ class Options:
 
     atol: Optional[float] = None  # None: the per-dtype, scale-aware default
     rtol: Optional[float] = None
-    compare_mode: str = "strict"
+    # "auto": every element, by the rounding-aware rule, with the user's atol/rtol accepted on top;
+    # "strict": every element within exactly the user's atol/rtol (numpy.allclose); "mean"/"abs_mean".
+    compare_mode: str = "auto"
     diff_phase: str = "both"
     single_step: bool = False
     auto_weights: bool = True

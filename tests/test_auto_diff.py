@@ -139,13 +139,25 @@ def test_strict_catches_what_mean_hides(capsys):
     assert not auto_diff(Flip(), Keep(), inp, diff_phase="forward")
 
 
-def test_user_atol_rtol_are_exact(capsys):
+def test_user_atol_rtol_are_exact_in_strict_mode(capsys):
     models, inputs = build(("paddle", "torch"), "ln_epsilon")
     loose = auto_diff(models[0], models[1], inputs, options={"atol": 10.0, "rtol": 0.0})
-    assert loose  # exactly |a-b| <= 10: nothing in this net differs by 10
-    strict = auto_diff(models[0], models[1], inputs, options={"atol": 0.0, "rtol": 0.0})
+    assert loose  # |a-b| <= 10 is accepted: nothing in this net differs by 10
+    strict = auto_diff(models[0], models[1], inputs, options={"atol": 0.0, "rtol": 0.0, "compare_mode": "strict"})
     assert not strict
-    assert "Not equal to tolerance rtol=0, atol=0" in strict.report
+    assert "Not equal to tolerance rtol=0, atol=0\n" in strict.report
+
+
+def test_user_atol_is_an_allowance_on_top_of_rounding_by_default(capsys):
+    # compare_mode "auto" (the default): the user's atol/rtol widen the rounding-aware rule and
+    # never narrow it, so a tolerance tighter than rounding does not fail a clean port ...
+    models, inputs = build(("paddle", "torch"))
+    assert auto_diff(models[0], models[1], inputs, options={"atol": 0.0, "rtol": 0.0})
+    # ... while a real difference still fails, and the message names both criteria.
+    models, inputs = build(("paddle", "torch"), "ln_epsilon")
+    bug = auto_diff(models[0], models[1], inputs, options={"atol": 1e-9})
+    assert not bug
+    assert "(x scale, auto); or within your atol=1e-09, rtol=1e-07" in bug.report
 
 
 def test_seed002_mismatched_input_keys_are_passed_by_position(capsys):
@@ -467,3 +479,41 @@ def test_memory_budget_must_be_a_size():
     models, inputs = build(("paddle", "torch"))
     with pytest.raises(PadiffError, match="Option memory_budget_mb must be a number of megabytes >= 0 or None"):
         auto_diff(models[0], models[1], inputs, options={"memory_budget_mb": "lots"})
+
+
+class _TorchNormHead(torch.nn.Module):
+    def __init__(self, bug=None):
+        super().__init__()
+        from support import TorchCubeLayer
+        self.linear = torch.nn.Linear(8, 16)
+        self.cube = TorchCubeLayer(bug)
+        self.norm = torch.nn.LayerNorm(16)
+
+    def forward(self, x):
+        return self.norm(self.cube(self.linear(x)))
+
+
+class _PaddleNormHead(paddle.nn.Layer):
+    def __init__(self, bug=None):
+        super().__init__()
+        from support import PaddleCubeLayer
+        self.linear = paddle.nn.Linear(8, 16)
+        self.cube = PaddleCubeLayer(bug)
+        self.norm = paddle.nn.LayerNorm(16)
+
+    def forward(self, x):
+        return self.norm(self.cube(self.linear(x)))
+
+
+def test_default_loss_sees_a_backward_bug_behind_a_final_normalisation(capsys):
+    # The seeds' mean(output) has gradient zero through a final LayerNorm, so a wrong custom-op
+    # backward before it cannot show; the default loss weights the output and catches it.
+    torch_model, paddle_model = _TorchNormHead(), _PaddleNormHead("backward")
+    inputs = (net_input("paddle"), net_input("torch"))
+    plain_mean = auto_diff(paddle_model, torch_model, inputs, loss_fn=[lambda o: o.mean(), lambda o: o.mean()])
+    assert plain_mean  # the bug is multiplied by a zero gradient: nothing to see
+    result = auto_diff(paddle_model, torch_model, inputs)
+    assert not result and result.first.stage == "backward"
+    assert result.first.ref_path.split(" > ")[0] == "_TorchNormHead.cube"
+    assert result.steps[0].loss.ref_type == "weighted mean(output)"
+    assert plain_mean.steps[0].loss.ref_type == "loss_fn"

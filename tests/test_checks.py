@@ -131,7 +131,10 @@ def test_compare_tolerance_keywords_behave_as_in_auto_diff():
     loose = compare(a, b, atol=1e-2, quiet=True)
     assert loose == True  # noqa: E712
     tol = loose.findings[0].diff.tolerance
-    assert (tol.atol, tol.auto) == (1e-2, False)
+    assert tol.auto and tol.allowance == (1e-2, 1e-7) and loose.findings[0].diff.by_allowance
+    exact = compare(a, b, atol=1e-2, compare_mode="strict", quiet=True)
+    assert exact == True and exact.findings[0].diff.tolerance.atol == 1e-2  # noqa: E712
+    assert not exact.findings[0].diff.tolerance.auto
     assert compare(a, b, options={"atol": 1e-2}, quiet=True) == True  # noqa: E712
     assert compare(a, b, compare_mode="mean", atol=2e-3, quiet=True) == True  # noqa: E712
     with pytest.raises(PadiffError, match="Unknown option 'atl'. Did you mean 'atol'?"):

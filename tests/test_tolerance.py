@@ -51,7 +51,7 @@ def test_user_atol_rtol_are_exactly_allclose():
     b = rng.standard_normal(1000)
     a = b + rng.standard_normal(1000) * 1e-3
     for atol, rtol in ((1e-3, 0.0), (0.0, 1e-3), (1e-4, 1e-3)):
-        opts = build_options(None, atol=atol, rtol=rtol)
+        opts = build_options(None, atol=atol, rtol=rtol, compare_mode="strict")
         tol = tolerance_for(opts, "float32", "float32", "Net.layer")
         assert not tol.auto and (tol.atol, tol.rtol) == (atol, rtol)
         d = compare_arrays(a, b, tol)
@@ -59,10 +59,33 @@ def test_user_atol_rtol_are_exactly_allclose():
         assert d.passed == np.allclose(a, b, rtol=rtol, atol=atol)
     # per dtype and per layer path: exactly what was asked, nothing auto
     opts = build_options({"dtype_tolerances": {"float16": {"atol": 0.5}},
-                          "layer_tolerances": {"encoder.*": {"atol": 1e-3, "rtol": 0.0}}})
+                          "layer_tolerances": {"encoder.*": {"atol": 1e-3, "rtol": 0.0}}, "compare_mode": "strict"})
     assert tolerance_for(opts, "float16", "float32", "Net.fc").atol == 0.5
     assert tolerance_for(opts, "float32", "float32", "encoder.block").atol == 1e-3
     assert tolerance_for(opts, "float32", "float32", "Net.fc").auto
+
+
+def test_user_atol_rtol_widen_the_default_rule_in_auto_mode():
+    # compare_mode "auto" (the default): the auto rule, and the user's atol/rtol accepted on top
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal(1000)
+    tol = tolerance_for(build_options(None, atol=1e-3), "float32", "float32", "Net.layer")
+    assert tol.auto and tol.allowance == (1e-3, 1e-7)
+    rounding = b * (1 + 1e-6)  # within the rule, far outside an atol of 1e-9
+    tight = compare_arrays(rounding, b, tolerance_for(build_options(None, atol=1e-9), "float32", "float32"))
+    assert tight and not tight.by_allowance
+    wide = compare_arrays(b + 5e-4, b, tol)  # over the rule's relative L2 limit, within atol
+    assert wide and wide.by_allowance
+    over = compare_arrays(b + 2e-3 * (np.arange(1000) == 7), b, tol)  # one element over both
+    assert not over and over.mismatched == 1
+    assert over.message().startswith("Not equal to tolerance rtol=0.0001, atol=0.0001 (x scale, auto); "
+                                     "or within your atol=0.001, rtol=1e-07\n")
+    # per dtype and per layer path widen likewise
+    opts = build_options({"dtype_tolerances": {"float16": {"atol": 0.5}},
+                          "layer_tolerances": {"encoder.*": {"atol": 1e-3, "rtol": 0.0}}})
+    assert tolerance_for(opts, "float16", "float32", "Net.fc").allowance == (0.5, 1e-7)
+    assert tolerance_for(opts, "float32", "float32", "encoder.block").allowance == (1e-3, 0.0)
+    assert tolerance_for(opts, "float32", "float32", "Net.fc").allowance is None
 
 
 def test_zeros_and_tiny_values_are_judged_against_the_tensor_not_themselves():
@@ -280,9 +303,12 @@ def test_calibrated_tolerance_is_never_below_the_default():
     t = tolerance_for(opts, "float32", "float32", "TorchNet.loud", stage="forward")
     assert (t.atol, t.l2) == (pytest.approx(3e-2), pytest.approx(2e-2)) and t.source == "float32, calibrated"
     assert tolerance_for(opts, "float32", "float32", "TorchNet.loud", stage="backward").noise is None
-    # the user's own tolerances still win, exactly
-    opts = build_options({"calibration": cal, "atol": 1e-6})
+    # the user's own tolerances: exactly, in strict mode; on top of the calibrated rule otherwise
+    opts = build_options({"calibration": cal, "atol": 1e-6, "compare_mode": "strict"})
     assert tolerance_for(opts, "float32", "float32", "TorchNet.loud", stage="forward").atol == 1e-6
+    t = tolerance_for(build_options({"calibration": cal, "atol": 1e-6}), "float32", "float32", "TorchNet.loud",
+                      stage="forward")
+    assert t.atol == pytest.approx(3e-2) and t.allowance == (1e-6, 1e-7)
 
 
 def test_calibration_as_plain_layer_tolerances_and_bad_option():

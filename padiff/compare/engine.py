@@ -9,7 +9,7 @@ from ..record.spill import release
 from ..record.trace import Node, TensorRecord
 from ..structure import pair_flat, show_id
 from .context import GradientContext
-from .metrics import TensorDiff, compare_records, explained_error, tolerance_for
+from .metrics import TensorDiff, carried_error, compare_records, explained_error, tolerance_for
 from .pairing import Pairing
 from .result import Finding
 
@@ -74,7 +74,7 @@ def _is_none(rec: TensorRecord) -> bool:
 
 def _compare_lists(ref: List[Tuple[str, TensorRecord]], test: List[Tuple[str, TensorRecord]], options,
                    path: str, what: str, memo=None, stage: str = "forward",
-                   gaps_out: list = None) -> List[Tuple[str, TensorDiff]]:
+                   gaps_out: list = None, carried=None) -> List[Tuple[str, TensorDiff]]:
     """Pair two flattened nested values (by field name where both sides name their fields,
     by position otherwise: :func:`structure.pair_flat`) and compare each pair. What only one
     side returns, what is None on one side, and objects are not compared: they are returned
@@ -90,21 +90,23 @@ def _compare_lists(ref: List[Tuple[str, TensorRecord]], test: List[Tuple[str, Te
         gaps_out.extend(gaps)
     out = []
     for (id_r, rec_r), (id_t, rec_t) in pairs:
-        tol = tolerance_for(options, rec_t.dtype, rec_r.dtype, path, stage=stage)
+        tol = tolerance_for(options, rec_t.dtype, rec_r.dtype, path, stage=stage, carried=carried)
         name = show_id(id_r, what) if id_r == id_t else f"{show_id(id_r, what)} / {show_id(id_t, what)}"
         out.append((name, _compare_once(rec_t, rec_r, tol, options.compare_mode, memo, stage == "forward")))
     return out
 
 
 def compare_outputs(a: Node, b: Node, ref_outputs, test_outputs, options, step: int,
-                    what: str = "output", suffix: str = "", memo=None, gaps: list = None) -> List[Finding]:
+                    what: str = "output", suffix: str = "", memo=None, gaps: list = None,
+                    carried=None) -> List[Finding]:
     """Findings for the paired values of two calls; ``gaps``, when given, receives an
-    :class:`OutputGap` for each part compared on neither side."""
+    :class:`OutputGap` for each part compared on neither side; ``carried``: the difference
+    the calls before these passed with (``metrics.carried_error``)."""
     found = [] if gaps is not None else None
     findings = [Finding("forward", w + suffix, a.label(), b.label(), a.name, b.name, diff, step,
                         ref_node=a, test_node=b)
                 for w, diff in _compare_lists(ref_outputs, test_outputs, options, a.path, what, memo,
-                                              gaps_out=found)]
+                                              gaps_out=found, carried=carried)]
     if gaps is not None:
         gaps.extend(OutputGap(what, a, b, *gap) for gap in found)
     return findings
@@ -245,12 +247,17 @@ def gradient_scale(ref_events: List[Tuple[Node, str]]) -> float:
 def compare_forward(pairing: Pairing, ref_order: List[Node], options, step: int, memo=None,
                     gaps: list = None) -> List[Finding]:
     """The outputs of paired calls, in the reference's order; ``gaps`` (a list), when given,
-    receives an :class:`OutputGap` for each part of them compared on neither side."""
+    receives an :class:`OutputGap` for each part of them compared on neither side. Each call
+    may carry the difference the calls before it passed with (``metrics.carried_error``)."""
     findings = []
+    carried = None
     for a in ref_order:
         b = pairing.partner.get(id(a))
         if b is not None and pairing.only.get(id(a)) != "in":
-            findings += compare_outputs(a, b, a.outputs, b.outputs, options, step, memo=memo, gaps=gaps)
+            found = compare_outputs(a, b, a.outputs, b.outputs, options, step, memo=memo, gaps=gaps,
+                                    carried=carried)
+            carried = carried_error([f.diff for f in found], carried)
+            findings += found
     return findings
 
 
@@ -266,6 +273,7 @@ def compare_backward(pairing: Pairing, ref_events: List[Tuple[Node, str]], optio
     unshared: List[Tuple[Node, str, int, int]] = []  # input gradients left out (see _read_apart)
     context = GradientContext(ref_events) if context is None else context
     explained = None  # the difference near-tie flips tolerated so far account for (see metrics)
+    carried = None  # the difference the gradients so far passed with (metrics.carried_error)
     for a, kind in ref_events:
         b = pairing.partner.get(id(a))
         if b is None or pairing.only.get(id(a)) == ("in" if kind == "exit" else "out"):
@@ -305,9 +313,10 @@ def compare_backward(pairing: Pairing, ref_events: List[Tuple[Node, str]], optio
                 continue
             tol = tolerance_for(options, rec_b.dtype, rec_a.dtype, a.path, stage="backward",
                                 context=context.of(rec_a) if isinstance(context, GradientContext) else context,
-                                explained=explained, near_ties=near_ties)
+                                explained=explained, near_ties=near_ties, carried=carried)
             diff = _compare_once(rec_b, rec_a, tol, options.compare_mode, memo)
             explained = explained_error([diff], explained)
+            carried = carried_error([diff], carried)
             name = show_id(k, what) if kind != "exit" or k == k_b else f"{show_id(k, what)} / {show_id(k_b, what)}"
             findings.append(Finding("backward", name, a.label(), b.label(), a.name, b.name, diff, step,
                                     ref_node=a, test_node=b))
@@ -342,14 +351,15 @@ def _read_apart(a: Node, b: Node, k: str, k_b: str, unshared: list) -> bool:
 
 def compare_links(links: Iterable, read_ref: Callable, read_test: Callable, stage: str, what: str,
                   options, step: int, reprs: Callable = None, context=None,
-                  explained=None) -> List[Finding]:
+                  explained=None, carried=None) -> List[Finding]:
     """Compare tensors through weight links: the reference (copy source) value is turned into
     the tested model's layout by the link's rule, then compared. A destination made from
     several source tensors (a fused ``qkv_proj`` from ``q_proj``, ``k_proj``, ``v_proj``) is
     compared against the same fusion of the reference's values: ``read_ref`` is called on each
     of ``link.sources()`` (single-source views of the link) and the rule's transform gets them
     all; one source split into several destinations is one link per destination, as usual.
-    ``context``: the rounding context, a number or ``context(link, reference record)``."""
+    ``context``: the rounding context, a number or ``context(link, reference record)``;
+    ``explained``, ``carried``: see :func:`metrics.tolerance_for`."""
     findings = []
     for link in links:
         sources = link.sources()
@@ -371,7 +381,7 @@ def compare_links(links: Iterable, read_ref: Callable, read_test: Callable, stag
             ref_conv = TensorRecord(ref_arr, ref_rec.dtype, tuple(ref_arr.shape))
             tol = tolerance_for(options, test_rec.dtype, ref_rec.dtype, link.dst_path, stage=stage,
                                 context=context(link, ref_conv) if callable(context) else context,
-                                explained=explained)
+                                explained=explained, carried=carried)
             diff = compare_records(test_rec, ref_conv, tol, options.compare_mode)
         ref_repr, test_repr = reprs(link) if reprs else ("", "")
         name = link.src_name if len(sources) == 1 else link.dst_name.rsplit(".", 1)[-1]

@@ -2,11 +2,14 @@
 
 The verdict rule (documented in the README, "How padiff decides"):
 
-* With ``atol``/``rtol`` set by the user (globally, per dtype or per layer path): exactly
-  ``|a - b| <= atol + rtol * |b|`` for every element (``b`` is the reference model's
-  value), as ``numpy.allclose``. Nothing else.
-* By default ("auto"), a tolerance judges an error against the magnitudes involved, for the
-  dtype of the lower-precision tensor:
+* ``compare_mode="strict"`` with ``atol``/``rtol`` set by the user (globally, per dtype or
+  per layer path): exactly ``|a - b| <= atol + rtol * |b|`` for every element (``b`` is the
+  reference model's value), as ``numpy.allclose``. Nothing else: a tolerance tighter than
+  rounding fails on rounding.
+* By default (``compare_mode="auto"``), a tolerance judges an error against the magnitudes
+  involved, for the dtype of the lower-precision tensor; the user's ``atol``/``rtol``, when
+  set, are an allowance on top of it (``allowance``): a tensor passes when it passes the rule
+  below or when every element is within ``atol + rtol * |b|``:
 
   - every element: ``|a - b| <= rtol * |b| + max(atol * S, floor)`` where ``S`` is the
     tensor's scale (its largest magnitude in either model), so values near zero (after a
@@ -28,6 +31,14 @@ The verdict rule (documented in the README, "How padiff decides"):
     out of the verdict. The difference they cause is real, so the comparisons after them
     in the backward pass (and the parameter gradients) are given ``explained`` = the flip's
     scaled max and relative L2 error and allow ``EXPLAINED_FACTOR`` times them;
+  - carried difference: rounding differences grow along a deep network (a ResNet-50's
+    BatchNorms reach a relative L2 error of 1e-4 in float32 by its last stage; a ReLU that
+    flips near its kink there gives gradients that differ by 1e-2 after the train-mode
+    BatchNorms mix them), so a call's output may differ by ``CARRY_FACTOR`` times the largest
+    difference (scaled max, relative L2) that the comparisons before it passed with, in the
+    forward pass, and likewise in the backward pass and its parameter gradients
+    (``carried``). A clean layer passes on what it inherited; a bug makes the error jump
+    (``compare/origin.py``'s measure). A gradient of rounding noise carries nothing;
   - a calibration (``padiff.calibrate``) in the options raises a layer's ``atol`` and
     ``l2`` to ``k`` times the noise measured between the reference model and its float64
     copy, and the message says whether the difference lies within that noise.
@@ -68,6 +79,7 @@ CONTEXT_ULPS = 256.0  # floor = CONTEXT_ULPS * u * context (measured noise: <= 2
 FLIP_SHARE = 1e-3  # at most this share of a gradient's elements may be near-tie flips (at least one)
 EXPLAINED_FACTOR = 4.0  # later comparisons allow this many times the error a flip explained
 CALIBRATION_K = 10.0  # a calibrated layer allows this many times its measured noise
+CARRY_FACTOR = 2.0  # a comparison may carry this many times the largest difference passed before it
 _SEED_DEFAULT_RTOL = 1e-7  # the rtol the seeds print when a user sets only atol
 
 
@@ -84,11 +96,21 @@ class Tolerance:
     explained: Tuple[float, float] = (0.0, 0.0)  # (scaled max, rel-L2) explained upstream by a tolerated flip
     noise: Optional[object] = None  # the layer's calibrated noise (calibrate.LayerNoise)
     noise_k: float = 0.0
+    carried: Tuple[float, float] = (0.0, 0.0)  # (scaled max, rel-L2) passed by the calls before (forward)
+    # (atol, rtol) the user set, accepted on top of the auto rule (compare_mode "auto"): a tensor
+    # whose every element is within atol + rtol * |b| passes whatever the rule says.
+    allowance: Optional[Tuple[float, float]] = None
 
     def describe(self) -> str:
         if self.auto:
-            return f"auto {self.source}: rtol={self.rtol:g}, atol={self.atol:g} x scale, rel-L2 <= {self.l2:g}"
+            return (f"auto {self.source}: rtol={self.rtol:g}, atol={self.atol:g} x scale, rel-L2 <= {self.l2:g}"
+                    + self.allowance_text())
         return f"rtol={self.rtol:g}, atol={self.atol:g}"
+
+    def allowance_text(self) -> str:
+        if self.allowance is None:
+            return ""
+        return f"; or within your atol={self.allowance[0]:g}, rtol={self.allowance[1]:g}"
 
 
 def _dtype_key(dtype: str) -> str:
@@ -105,7 +127,7 @@ def _dtype_key(dtype: str) -> str:
 
 def tolerance_for(options, dtype_a: str, dtype_b: str, path: str = "", *, stage: Optional[str] = None,
                   context: Optional[float] = None, explained: Optional[Tuple[float, float]] = None,
-                  near_ties: bool = True) -> Tolerance:
+                  near_ties: bool = True, carried: Optional[Tuple[float, float]] = None) -> Tolerance:
     """Tolerance for one compared tensor: per-layer override, then per-dtype override, then
     the user's atol/rtol, then the auto default of the lower-precision dtype.
 
@@ -116,24 +138,19 @@ def tolerance_for(options, dtype_a: str, dtype_b: str, path: str = "", *, stage:
     scaled max and relative L2 error that a tolerated flip upstream accounts for, from
     :func:`explained_error`); ``near_ties=False`` tolerates no near-tie flip (the call's
     forward output differs: a gradient there that is zero in one model only is the forward
-    difference's doing)."""
+    difference's doing); ``carried`` (the scaled max and relative L2 error the comparisons
+    before this one, in the same pass, passed with: allowed ``CARRY_FACTOR`` times)."""
     known = float(context) if context is not None and math.isfinite(context) else 0.0
-    for pattern, atol, rtol in options.layer_tolerances:
-        if fnmatch.fnmatchcase(path, pattern) or path.endswith("." + pattern) or path == pattern:
-            return Tolerance(atol if atol is not None else 0.0,
-                             rtol if rtol is not None else _SEED_DEFAULT_RTOL, False, source=f"layer {pattern}",
-                             context=known)
     keys = sorted({_dtype_key(dtype_a), _dtype_key(dtype_b)},
                   key=lambda k: list(AUTO_TOLERANCES).index(k))
     loosest = keys[-1]
-    for dtype, atol, rtol in options.dtype_tolerances:
-        if _dtype_key(dtype) == loosest:
-            return Tolerance(atol if atol is not None else 0.0,
-                             rtol if rtol is not None else _SEED_DEFAULT_RTOL, False, source=f"dtype {dtype}",
-                             context=known)
-    if options.atol is not None or options.rtol is not None:
-        return Tolerance(options.atol if options.atol is not None else 0.0,
-                         options.rtol if options.rtol is not None else _SEED_DEFAULT_RTOL, False, context=known)
+    user = _user_tolerance(options, path, loosest)
+    allowance = None
+    if user is not None:
+        atol, rtol, source = user
+        if getattr(options, "compare_mode", "strict") != "auto":
+            return Tolerance(atol, rtol, False, source=source, context=known)
+        allowance = (atol, rtol)
     rtol, atol, floor, l2 = AUTO_TOLERANCES[loosest]
     source = loosest
     if context is not None and math.isfinite(context):
@@ -143,6 +160,11 @@ def tolerance_for(options, dtype_a: str, dtype_b: str, path: str = "", *, stage:
         atol, l2 = max(atol, EXPLAINED_FACTOR * explained[0]), max(l2, EXPLAINED_FACTOR * explained[1])
     else:
         explained = (0.0, 0.0)
+    carried = tuple(float(x) for x in carried) if carried else (0.0, 0.0)
+    if all(math.isfinite(x) for x in carried) and (CARRY_FACTOR * carried[0] > atol or CARRY_FACTOR * carried[1] > l2):
+        atol, l2 = max(atol, CARRY_FACTOR * carried[0]), max(l2, CARRY_FACTOR * carried[1])
+    else:
+        carried = (0.0, 0.0)
     noise, k = None, 0.0
     calibration = getattr(options, "calibration", None)
     if calibration is not None:
@@ -153,7 +175,24 @@ def tolerance_for(options, dtype_a: str, dtype_b: str, path: str = "", *, stage:
             source = f"{loosest}, calibrated"
     return Tolerance(atol, rtol, True, l2=l2, floor=floor, source=source, context=float(context or 0.0),
                      flip_share=FLIP_SHARE if stage == "backward" and near_ties else 0.0,
-                     explained=explained, noise=noise, noise_k=k)
+                     explained=explained, noise=noise, noise_k=k, allowance=allowance, carried=carried)
+
+
+def _user_tolerance(options, path: str, loosest: str) -> Optional[Tuple[float, float, str]]:
+    """The (atol, rtol, source) the user set for this tensor: per layer path, then per dtype,
+    then globally (a missing one of the two is 0 / the seeds' 1e-7); None when none is set."""
+    def pick(atol, rtol, source):
+        return (atol if atol is not None else 0.0, rtol if rtol is not None else _SEED_DEFAULT_RTOL, source)
+
+    for pattern, atol, rtol in options.layer_tolerances:
+        if fnmatch.fnmatchcase(path, pattern) or path.endswith("." + pattern) or path == pattern:
+            return pick(atol, rtol, f"layer {pattern}")
+    for dtype, atol, rtol in options.dtype_tolerances:
+        if _dtype_key(dtype) == loosest:
+            return pick(atol, rtol, f"dtype {dtype}")
+    if options.atol is not None or options.rtol is not None:
+        return pick(options.atol, options.rtol, "user")
+    return None
 
 
 def rounding_tolerance(dtype_a: str, dtype_b: str, context: float = 0.0,
@@ -196,6 +235,7 @@ class TensorDiff:
     value_b: object = None
     scale: float = 0.0  # the magnitude the auto rule judged errors against (largest |value|)
     flips: int = 0  # elements left out of the verdict as near-tie flips (zero in one model only)
+    by_allowance: bool = False  # failed the auto rule, passed within the user's own atol/rtol
     rel_l2_rest: float = 0.0  # relative L2 error without the flipped elements
     rms_error: float = 0.0  # root mean square of the error without the flipped elements
     broadcast: Tuple[int, ...] = ()  # the shape both were compared at, when only size-1 dimensions differ
@@ -274,7 +314,7 @@ class TensorDiff:
         lines = []
         if tol is not None:
             lines.append(f"Not equal to tolerance rtol={tol.rtol:g}, atol={tol.atol:g}"
-                         + (" (x scale, auto)" if tol.auto else ""))
+                         + (" (x scale, auto)" if tol.auto else "") + tol.allowance_text())
         if self.mode != "strict":
             lines.append(f"Compared the {self.mode.replace('_', ' ')} of each tensor: "
                          f"{_fmt(self.value_a)} vs {_fmt(self.value_b)}")
@@ -315,6 +355,10 @@ class TensorDiff:
             out.append(f"Tolerance widened to {EXPLAINED_FACTOR:g} x the difference that a near-tie flip tolerated "
                        f"earlier in the backward pass explains ({_fmt(tol.explained[0])} x scale, relative L2 "
                        f"{_fmt(tol.explained[1])}).")
+        if max(tol.carried) > 0:
+            out.append(f"Tolerance widened to {CARRY_FACTOR:g} x the difference the calls before this one carried "
+                       f"({_fmt(tol.carried[0])} x scale, relative L2 {_fmt(tol.carried[1])}): rounding differences "
+                       "grow along the network; a bug makes them jump.")
         if tol.noise is not None:
             n = tol.noise
             inside = self.within_noise
@@ -377,6 +421,8 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tol: Tolerance, mode: str = "st
     ``shape`` problem."""
     a = np.asarray(a)
     b = np.asarray(b)
+    if mode == "auto":  # elementwise; the tolerance says what the user's atol/rtol add
+        mode = "strict"
     dtype_a = dtype_a or str(a.dtype)
     dtype_b = dtype_b or str(b.dtype)
     base = dict(shape_a=tuple(a.shape), shape_b=tuple(b.shape), dtype_a=dtype_a, dtype_b=dtype_b,
@@ -439,6 +485,9 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tol: Tolerance, mode: str = "st
     # elementwise allowance need not be built (the common case, and three passes fewer).
     absolute = max(tol.atol * scale, tol.floor) if tol.auto else tol.atol
     allowed_at_max = float(tol.rtol * mag_b[i_abs] + absolute)
+    user = tol.allowance if tol.auto else None
+    if user is not None:
+        allowed_at_max = max(allowed_at_max, float(user[1] * mag_b[i_abs] + user[0]))
     if float(err[i_abs]) <= absolute:
         over, mismatched = None, 0
         rel = np.empty_like(err)
@@ -476,6 +525,16 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tol: Tolerance, mode: str = "st
     if tol.auto and tol.l2 is not None and rest_err > tol.l2 * rest_b:
         # Many small errors that together are too large for rounding alone.
         passed = passed and rest_err <= tol.floor * math.sqrt(rest_n)
+    by_allowance = False
+    if not passed and user is not None:
+        # The rule says no; the user's own atol/rtol may still accept every element.
+        yours = np.multiply(mag_b, user[1], dtype=work)
+        yours += user[0]
+        if bool(np.all(err <= yours)):
+            passed = by_allowance = True
+        elif over is not None:
+            mismatched = int(np.count_nonzero(over & (err > yours)))
+        del yours
     return TensorDiff(
         passed,
         numel=n,
@@ -491,10 +550,29 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tol: Tolerance, mode: str = "st
         value_b=float(bf[i_abs]),
         scale=scale,
         flips=flips,
+        by_allowance=by_allowance,
         rel_l2_rest=rest_err / rest_b if rest_b > 0 else (0.0 if rest_err == 0 else math.inf),
         rms_error=rest_err / math.sqrt(rest_n) if rest_n else 0.0,
         **base,
     )
+
+
+def carried_error(diffs, already: Optional[Tuple[float, float]] = None) -> Tuple[float, float]:
+    """The (scaled max, relative L2) difference that these passed forward comparisons carry,
+    merged with ``already``: what the calls after them may inherit (``tolerance_for(...,
+    carried=...)``). Failed comparisons, problems and mean modes carry nothing."""
+    m, l2 = already or (0.0, 0.0)
+    for d in diffs:
+        if d is None or not d.passed or d.by_allowance or d.problem is not None or not d.numel \
+                or d.mode != "strict":
+            continue  # what the user's own tolerance let through is not rounding: it carries nothing
+        if d.tolerance is not None and d.tolerance.floor > 0 and d.rms_error <= d.tolerance.floor:
+            continue  # a gradient of rounding noise (zero in exact arithmetic) carries no difference
+        if math.isfinite(d.rel_l2_rest):
+            l2 = max(l2, d.rel_l2_rest)
+        if not d.flips and math.isfinite(d.max_scaled):
+            m = max(m, d.max_scaled)
+    return m, l2
 
 
 def explained_error(diffs, already: Optional[Tuple[float, float]] = None) -> Tuple[float, float]:

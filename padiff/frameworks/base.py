@@ -206,8 +206,10 @@ class FrameworkAdapter(RecordedModelAdapter, Protocol):
         """The gradient accumulated on a leaf tensor, or None."""
 
     # --- autograd ----------------------------------------------------------------------------
-    def default_loss(self, tensors: List[Tensor]) -> Tensor:
-        """The loss when the user gives none: the sum of the outputs' means, each in its own dtype."""
+    def default_loss(self, tensors: List[Tensor], weights: List[np.ndarray]) -> Tensor:
+        """The loss when the user gives none: the sum over the outputs of ``mean(tensor * weight)``
+        (``weights``: one array of each tensor's shape, :mod:`padiff.loss`), each term in its
+        tensor's dtype."""
 
     def backward(self, loss: Any, grad: Any = None) -> None:
         """Run backward from ``loss`` (a scalar), or from the tensors ``loss`` with the output

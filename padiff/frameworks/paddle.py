@@ -241,12 +241,12 @@ class Adapter(FrameworkAdapter):
         return tensor.grad
 
     # --- autograd ------------------------------------------------------------------------
-    def default_loss(self, tensors):
-        """The sum of the outputs' means, each in its own dtype (a bfloat16 model's loss is
-        bfloat16, so it is judged at bfloat16 tolerance)."""
+    def default_loss(self, tensors, weights):
+        """The sum of the outputs' weighted means, each in its own dtype (a bfloat16 model's
+        loss is bfloat16, so it is judged at bfloat16 tolerance)."""
         total = None
-        for t in tensors:
-            term = t.mean()
+        for t, w in zip(tensors, weights):
+            term = (t * self.from_array(w, self.dtype_name(t), like=t)).mean()
             total = term if total is None else total + term.astype(total.dtype)
         return total
 

@@ -89,8 +89,12 @@ def origin_lines(origin, first: Finding) -> List[str]:
                else "where every comparison before it agreed")
     d = f.diff
     tol = d.tolerance
-    rule = (f"Your tolerance (rtol={tol.rtol:g}, atol={tol.atol:g})" if tol is not None and not tol.auto
-            else "The default tolerance")
+    if tol is not None and not tol.auto:
+        rule = f"Your tolerance (rtol={tol.rtol:g}, atol={tol.atol:g})"
+    elif tol is not None and d.by_allowance:
+        rule = f"Your tolerance (rtol={tol.allowance[1]:g}, atol={tol.allowance[0]:g}, accepted on top of the default rule)"
+    else:
+        rule = "The default tolerance"
     later = STAGE_TITLES.get(first.stage, first.stage)
     readers = ""
     if o.readers:
