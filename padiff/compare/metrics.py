@@ -428,26 +428,11 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tol: Tolerance, mode: str = "st
     base = dict(shape_a=tuple(a.shape), shape_b=tuple(b.shape), dtype_a=dtype_a, dtype_b=dtype_b,
                 tolerance=tol, mode=mode)
     if a.shape != b.shape:
-        wide = broadcast_shape(a.shape, b.shape) if broadcast and mode == "strict" else None
-        if a.size == b.size and a.size == 1:
-            a, b = a.reshape(()), b.reshape(())
-        elif wide is not None:
-            d = compare_arrays(np.broadcast_to(a, wide), np.broadcast_to(b, wide), tol, mode, dtype_a, dtype_b)
-            d.shape_a, d.shape_b, d.broadcast = base["shape_a"], base["shape_b"], wide
-            return d
-        else:
-            found = _permuted(a, b, tol, mode, dtype_a, dtype_b) if layout else None
-            if found is not None:
-                found.shape_a, found.shape_b = base["shape_a"], base["shape_b"]
-                return found
-            return TensorDiff(False, problem="shape", numel=int(b.size), **base)
+        if not (a.size == b.size and a.size == 1):
+            return _compare_shapes(a, b, tol, mode, base, broadcast, layout)
+        a, b = a.reshape(()), b.reshape(())
     if a.dtype.kind in "biu" and b.dtype.kind in "biu":
-        diff = a.astype(np.int64) != b.astype(np.int64)
-        n = int(diff.sum())
-        idx = _index(int(np.argmax(diff)) if n else 0, a.shape)
-        return TensorDiff(n == 0, numel=int(a.size), mismatched=n,
-                          max_abs=float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0,
-                          max_abs_index=idx, max_rel_index=idx, **base)
+        return _compare_integers(a, b, base)
     # Work in float32 unless a side is float64: the figures need no more, and every pass over
     # a large tensor costs memory bandwidth (this function is most of padiff's time).
     work = np.float64 if np.float64 in (a.dtype, b.dtype) or a.dtype.kind == "c" or b.dtype.kind == "c" \
@@ -461,49 +446,73 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tol: Tolerance, mode: str = "st
     np.abs(err, out=err)
     i_abs = int(np.argmax(err)) if n else 0
     if n and not np.isfinite(err[i_abs]):
-        bad_a, bad_b = ~np.isfinite(af), ~np.isfinite(bf)
-        same = np.array_equal(bad_a, bad_b) and np.array_equal(af[bad_a], bf[bad_b], equal_nan=True)
-        found = []
-        for bad, arr in ((bad_a, af), (bad_b, bf)):
-            found.append((int(bad.sum()), "NaN" if np.isnan(arr[bad]).any() else "Inf",
-                          _index(int(np.argmax(bad)), a.shape)) if bad.any() else None)
-        d = TensorDiff(False, problem="nan", numel=n, nonfinite=tuple(found), nonfinite_same=bool(same), **base)
-        d.detail = d.message()
-        return d
+        return _nonfinite_diff(af, bf, a.shape, base)
     if mode in ("mean", "abs_mean"):
-        va = float(np.mean(np.abs(af), dtype=np.float64)) if mode == "abs_mean" else \
-            float(np.mean(af, dtype=np.float64)) if n else 0.0
-        vb = float(np.mean(np.abs(bf), dtype=np.float64)) if mode == "abs_mean" else \
-            float(np.mean(bf, dtype=np.float64)) if n else 0.0
-        d = compare_arrays(np.asarray(va), np.asarray(vb), tol, "strict", dtype_a, dtype_b)
-        d.mode, d.value_a, d.value_b = mode, va, vb
-        d.shape_a, d.shape_b = tuple(a.shape), tuple(b.shape)
+        return _compare_means(af, bf, tol, mode, a.shape, b.shape, dtype_a, dtype_b)
+    return _compare_floats(af, bf, err, i_abs, tol, work, a.shape, base)
+
+
+def _compare_shapes(a, b, tol, mode, base, broadcast, layout) -> TensorDiff:
+    """Arrays of different shapes: compared at the broadcast shape (``broadcast``), or with
+    ``a``'s axes reordered (``layout``), else a ``shape`` problem."""
+    wide = broadcast_shape(a.shape, b.shape) if broadcast and mode == "strict" else None
+    if wide is not None:
+        d = compare_arrays(np.broadcast_to(a, wide), np.broadcast_to(b, wide), tol, mode,
+                           base["dtype_a"], base["dtype_b"])
+        d.shape_a, d.shape_b, d.broadcast = base["shape_a"], base["shape_b"], wide
         return d
+    found = _permuted(a, b, tol, mode, base["dtype_a"], base["dtype_b"]) if layout else None
+    if found is not None:
+        found.shape_a, found.shape_b = base["shape_a"], base["shape_b"]
+        return found
+    return TensorDiff(False, problem="shape", numel=int(b.size), **base)
+
+
+def _compare_integers(a, b, base) -> TensorDiff:
+    """Integer and boolean arrays are equal or not: no tolerance applies."""
+    diff = a.astype(np.int64) != b.astype(np.int64)
+    n = int(diff.sum())
+    idx = _index(int(np.argmax(diff)) if n else 0, a.shape)
+    return TensorDiff(n == 0, numel=int(a.size), mismatched=n,
+                      max_abs=float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0,
+                      max_abs_index=idx, max_rel_index=idx, **base)
+
+
+def _nonfinite_diff(af, bf, shape, base) -> TensorDiff:
+    """A ``nan`` problem: where each model holds NaN or Inf, and whether they hold the same."""
+    bad_a, bad_b = ~np.isfinite(af), ~np.isfinite(bf)
+    same = np.array_equal(bad_a, bad_b) and np.array_equal(af[bad_a], bf[bad_b], equal_nan=True)
+    found = []
+    for bad, arr in ((bad_a, af), (bad_b, bf)):
+        found.append((int(bad.sum()), "NaN" if np.isnan(arr[bad]).any() else "Inf",
+                      _index(int(np.argmax(bad)), shape)) if bad.any() else None)
+    d = TensorDiff(False, problem="nan", numel=int(af.size), nonfinite=tuple(found), nonfinite_same=bool(same),
+                   **base)
+    d.detail = d.message()
+    return d
+
+
+def _compare_means(af, bf, tol, mode, shape_a, shape_b, dtype_a, dtype_b) -> TensorDiff:
+    """The ``mean`` and ``abs_mean`` modes: the two means compared as scalars."""
+    n = int(af.size)
+    va = float(np.mean(np.abs(af), dtype=np.float64)) if mode == "abs_mean" else \
+        float(np.mean(af, dtype=np.float64)) if n else 0.0
+    vb = float(np.mean(np.abs(bf), dtype=np.float64)) if mode == "abs_mean" else \
+        float(np.mean(bf, dtype=np.float64)) if n else 0.0
+    d = compare_arrays(np.asarray(va), np.asarray(vb), tol, "strict", dtype_a, dtype_b)
+    d.mode, d.value_a, d.value_b = mode, va, vb
+    d.shape_a, d.shape_b = tuple(shape_a), tuple(shape_b)
+    return d
+
+
+def _compare_floats(af, bf, err, i_abs, tol, work, shape, base) -> TensorDiff:
+    """The elementwise rule on finite flat arrays (``err`` = ``|af - bf|``, largest at ``i_abs``),
+    then the relative-L2 rule, near-tie flips and the user's allowance (module docstring)."""
+    n = int(af.size)
     mag_b = np.abs(bf)
     scale = float(max(af.max(), -af.min(), mag_b.max()))
-    # Every element within the absolute allowance passes whatever its rtol share: then the
-    # elementwise allowance need not be built (the common case, and three passes fewer).
-    absolute = max(tol.atol * scale, tol.floor) if tol.auto else tol.atol
-    allowed_at_max = float(tol.rtol * mag_b[i_abs] + absolute)
-    user = tol.allowance if tol.auto else None
-    if user is not None:
-        allowed_at_max = max(allowed_at_max, float(user[1] * mag_b[i_abs] + user[0]))
-    if float(err[i_abs]) <= absolute:
-        over, mismatched = None, 0
-        rel = np.empty_like(err)
-    else:
-        allowed = np.multiply(mag_b, tol.rtol, dtype=work)
-        allowed += absolute
-        over = err > allowed
-        mismatched = int(np.count_nonzero(over))
-        rel = allowed  # reuses the buffer: allowed is not needed any more
-    with np.errstate(divide="ignore", invalid="ignore"):
-        np.divide(err, mag_b, out=rel)  # 0/0 (NaN) is no error; x/0 is infinitely relative
-        max_rel = float(np.fmax.reduce(rel))  # NaN-skipping maximum
-    if math.isnan(max_rel):
-        max_rel, i_rel = 0.0, 0
-    else:
-        i_rel = int(np.argmax(rel == max_rel))
+    over, mismatched, rel, allowed_at_max = _over_tolerance(err, mag_b, i_abs, tol, scale, work)
+    max_rel, i_rel = _max_relative(err, mag_b, rel)
     if work is np.float32 and scale < 1e-15:  # squares of values this small underflow in float32
         af, bf, err = af.astype(np.float64), bf.astype(np.float64), err.astype(np.float64)
     norm_b = math.sqrt(float(np.dot(bf, bf)))
@@ -512,49 +521,76 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tol: Tolerance, mode: str = "st
     rel_l2 = err_norm / norm_b if norm_b > 0 else (0.0 if err_norm == 0 else math.inf)
     cosine = min(1.0, float(np.dot(af, bf)) / (norm_a * norm_b)) if norm_a > 0 and norm_b > 0 else (
         1.0 if norm_a == norm_b else 0.0)
-    flips = 0
-    rest_err, rest_b, rest_n = err_norm, norm_b, n
+    flips, (rest_err, rest_b, rest_n) = 0, (err_norm, norm_b, n)
     if mismatched and tol.auto and tol.flip_share > 0:
-        # Near-tie flips: every element over tolerance is zero in exactly one model.
-        gated = over & ((af == 0) != (bf == 0))
-        if int(np.count_nonzero(gated)) == mismatched and mismatched <= max(1, int(tol.flip_share * n)):
-            flips = mismatched
-            keep = ~gated
-            rest_err, rest_b, rest_n = float(np.linalg.norm(err[keep])), float(np.linalg.norm(bf[keep])), n - flips
+        flips, rest = _near_tie_flips(af, bf, err, over, mismatched, tol)
+        rest_err, rest_b, rest_n = rest or (rest_err, rest_b, rest_n)
     passed = mismatched == flips
     if tol.auto and tol.l2 is not None and rest_err > tol.l2 * rest_b:
         # Many small errors that together are too large for rounding alone.
         passed = passed and rest_err <= tol.floor * math.sqrt(rest_n)
     by_allowance = False
-    if not passed and user is not None:
-        # The rule says no; the user's own atol/rtol may still accept every element.
-        yours = np.multiply(mag_b, user[1], dtype=work)
-        yours += user[0]
-        if bool(np.all(err <= yours)):
-            passed = by_allowance = True
-        elif over is not None:
-            mismatched = int(np.count_nonzero(over & (err > yours)))
-        del yours
+    if not passed and tol.auto and tol.allowance is not None:
+        by_allowance, mismatched = _within_allowance(err, mag_b, over, mismatched, tol.allowance, work)
+        passed = by_allowance
     return TensorDiff(
-        passed,
-        numel=n,
-        mismatched=mismatched,
-        max_abs=float(err[i_abs]),
-        max_abs_index=_index(i_abs, a.shape),
-        max_rel=max_rel,
-        max_rel_index=_index(i_rel, a.shape),
-        cosine=cosine,
-        rel_l2=rel_l2,
-        allowed_at_max=allowed_at_max,
-        value_a=float(af[i_abs]),
-        value_b=float(bf[i_abs]),
-        scale=scale,
-        flips=flips,
-        by_allowance=by_allowance,
+        passed, numel=n, mismatched=mismatched, max_abs=float(err[i_abs]), max_abs_index=_index(i_abs, shape),
+        max_rel=max_rel, max_rel_index=_index(i_rel, shape), cosine=cosine, rel_l2=rel_l2,
+        allowed_at_max=allowed_at_max, value_a=float(af[i_abs]), value_b=float(bf[i_abs]), scale=scale,
+        flips=flips, by_allowance=by_allowance,
         rel_l2_rest=rest_err / rest_b if rest_b > 0 else (0.0 if rest_err == 0 else math.inf),
-        rms_error=rest_err / math.sqrt(rest_n) if rest_n else 0.0,
-        **base,
-    )
+        rms_error=rest_err / math.sqrt(rest_n) if rest_n else 0.0, **base)
+
+
+def _over_tolerance(err, mag_b, i_abs, tol, scale, work):
+    """``(over, mismatched, rel, allowed_at_max)``: the mask of elements over the elementwise
+    tolerance (None when none is), their count, a free buffer of ``err``'s size, and what was
+    allowed at the greatest difference."""
+    # Every element within the absolute allowance passes whatever its rtol share: then the
+    # elementwise allowance need not be built (the common case, and three passes fewer).
+    absolute = max(tol.atol * scale, tol.floor) if tol.auto else tol.atol
+    allowed_at_max = float(tol.rtol * mag_b[i_abs] + absolute)
+    user = tol.allowance if tol.auto else None
+    if user is not None:
+        allowed_at_max = max(allowed_at_max, float(user[1] * mag_b[i_abs] + user[0]))
+    if float(err[i_abs]) <= absolute:
+        return None, 0, np.empty_like(err), allowed_at_max
+    allowed = np.multiply(mag_b, tol.rtol, dtype=work)
+    allowed += absolute
+    over = err > allowed
+    return over, int(np.count_nonzero(over)), allowed, allowed_at_max  # allowed's buffer is free again
+
+
+def _max_relative(err, mag_b, rel) -> Tuple[float, int]:
+    """The greatest relative difference and its flat index, computed into the buffer ``rel``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.divide(err, mag_b, out=rel)  # 0/0 (NaN) is no error; x/0 is infinitely relative
+        max_rel = float(np.fmax.reduce(rel))  # NaN-skipping maximum
+    if math.isnan(max_rel):
+        return 0.0, 0
+    return max_rel, int(np.argmax(rel == max_rel))
+
+
+def _near_tie_flips(af, bf, err, over, mismatched, tol):
+    """``(flips, (rest_err, rest_b, rest_n))`` when every element over tolerance is zero in exactly
+    one model and they are few enough to be near-tie flips; ``(0, None)`` otherwise."""
+    gated = over & ((af == 0) != (bf == 0))
+    if int(np.count_nonzero(gated)) != mismatched or mismatched > max(1, int(tol.flip_share * af.size)):
+        return 0, None
+    keep = ~gated
+    return mismatched, (float(np.linalg.norm(err[keep])), float(np.linalg.norm(bf[keep])), int(af.size) - mismatched)
+
+
+def _within_allowance(err, mag_b, over, mismatched, user, work) -> Tuple[bool, int]:
+    """The rule says no; the user's own ``(atol, rtol)`` may still accept every element:
+    ``(accepted, elements over both)``."""
+    yours = np.multiply(mag_b, user[1], dtype=work)
+    yours += user[0]
+    if bool(np.all(err <= yours)):
+        return True, mismatched
+    if over is not None:
+        mismatched = int(np.count_nonzero(over & (err > yours)))
+    return False, mismatched
 
 
 def carried_error(diffs, already: Optional[Tuple[float, float]] = None) -> Tuple[float, float]:
