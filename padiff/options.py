@@ -172,6 +172,16 @@ def build_options(
     """Merge keyword options (seed 001 style), the ``options`` dict (seed 002 style) and the
     environment switches into one frozen :class:`Options`. Keywords win over the dict."""
     env = os.environ if env is None else env
+    merged = _merged(options, kwargs)
+    values = _checked_settings(merged)
+    values.update(_checked_extensions(merged))
+    values.update(_switches(merged, values, env))
+    return Options(**values)
+
+
+def _merged(options, kwargs) -> dict:
+    """The ``options`` dict and the keywords as one dict of canonical names (keywords win);
+    an unknown name is refused with the closest known one."""
     merged = {}
     for source in (options or {}), kwargs:
         if not isinstance(source, Mapping):
@@ -184,7 +194,11 @@ def build_options(
         close = difflib.get_close_matches(key, sorted(_FIELDS - _DERIVED), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise PadiffError(f"Unknown option {key!r}.{hint} Known options: {', '.join(sorted(_FIELDS - _DERIVED))}.")
+    return merged
 
+
+def _checked_settings(merged: dict) -> dict:
+    """The plain settings the user gave (numbers, choices, flags, counts), each checked."""
     values = {}
     for key in ("atol", "rtol"):
         if merged.get(key) is not None:
@@ -215,6 +229,12 @@ def build_options(
         if not isinstance(lines, numbers.Integral) or isinstance(lines, bool) or lines < 0:
             raise PadiffError(f"Option tree_inline_lines must be a whole number of lines >= 0, got {lines!r}.")
         values["tree_inline_lines"] = int(lines)
+    return values
+
+
+def _checked_extensions(merged: dict) -> dict:
+    """The settings that extend padiff (extra API names, a calibration, tolerance tables), checked."""
+    values = {}
     if "thirdparty_api" in merged:
         values["thirdparty_api"] = _api_names(merged["thirdparty_api"], "thirdparty_api")
     if merged.get("calibration") is not None:
@@ -224,26 +244,30 @@ def build_options(
         values["calibration"] = merged["calibration"]
     values["layer_tolerances"] = _tolerance_table(merged.get("layer_tolerances"), "layer_tolerances")
     values["dtype_tolerances"] = _tolerance_table(merged.get("dtype_tolerances"), "dtype_tolerances")
+    return values
 
-    # Environment switches (seed 001): read here, once.
+
+def _switches(merged: dict, values: dict, env: Mapping[str, str]) -> dict:
+    """The log folder and the environment switches (seed 001), read here, once: an option the
+    user gave wins over its switch."""
+    out = {}
     if "log_dir" in merged:
         if not isinstance(merged["log_dir"], (str, os.PathLike)) or not os.fspath(merged["log_dir"]):
             raise PadiffError(f"Option log_dir must be a folder path, got {merged['log_dir']!r}.")
-        values["log_dir"] = os.fspath(merged["log_dir"])
+        out["log_dir"] = os.fspath(merged["log_dir"])
     elif env.get("PADIFF_LOG_DIR"):
-        values["log_dir"] = env["PADIFF_LOG_DIR"]
+        out["log_dir"] = env["PADIFF_LOG_DIR"]
     if "api_check" not in values:
-        values["api_check"] = _env_flag(env, ("PADIFF_API_CHECK",), True)
+        out["api_check"] = _env_flag(env, ("PADIFF_API_CHECK",), True)
     if "skip_wrap_layer" not in values:
-        values["skip_wrap_layer"] = _env_flag(env, ("PADIFF_SKIP_WRAP_LAYER", "PADIFF_SIKP_WRAP_LAYER"), False)
+        out["skip_wrap_layer"] = _env_flag(env, ("PADIFF_SKIP_WRAP_LAYER", "PADIFF_SIKP_WRAP_LAYER"), False)
     if "path_log" not in values:
-        values["path_log"] = _env_flag(env, ("PADIFF_PATH_LOG",), False)
+        out["path_log"] = _env_flag(env, ("PADIFF_PATH_LOG",), False)
     if "thirdparty_api" not in values and env.get("PADDLE_THIRDPARTY_API"):
-        values["thirdparty_api"] = tuple(
+        out["thirdparty_api"] = tuple(
             s.strip() for s in env["PADDLE_THIRDPARTY_API"].split(",") if s.strip()
         )
-    return Options(**values)
-
+    return out
 
 
 def check_log_dir(log_dir: str, option: str = "log_dir") -> None:

@@ -281,33 +281,13 @@ def compare_backward(pairing: Pairing, ref_events: List[Tuple[Node, str]], optio
         if ready is not None:
             ready(b, kind)
         ga, gb = (a.grad_out, b.grad_out) if kind == "exit" else (a.grad_in, b.grad_in)
-        what = "output gradient" if kind == "exit" else "input gradient"
-        if not ga and not gb:
+        paired = _paired_grads(a, b, kind, ga, gb, unshared) if ga or gb else None
+        if paired is None:
             continue
-        # Output gradients pair as their outputs do (by name or position); input gradients
-        # pair the distinct gradients of each side by position, in forward order: torch's
-        # MultiheadAttention takes (x, x, x) where a port takes x; one tensor seen three
-        # times has one gradient.
-        if kind == "exit":
-            la, lb, extra = _output_grads(a, b, ga, gb)
-        else:
-            la = _distinct_grads(a, ga)
-            lb = _distinct_grads(b, gb)
-            if len(la) != len(lb) and _composite(a) and _composite(b):
-                # A list of tensors against one concatenated tensor (torch's _DenseLayer against
-                # paddle's DenseLayer): the layers' inputs are cut differently, not detached.
-                unshared.extend((a, k, len(la), len(lb)) for k, _ in la[:1])
-                continue
-            extra = [(side, k, r) for side, lst, n in (("reference", la, len(lb)), ("tested", lb, len(la)))
-                     for k, r in lst[n:] if not _all_zero(r)]
+        la, lb, extra = paired
+        what = "output gradient" if kind == "exit" else "input gradient"
         if extra and a.parent is not None:
-            has, k, _ = extra[0]
-            d = TensorDiff(False, (), (), "", "", None, problem="structure",
-                           detail=f"Only the {has} model's {show_id(k, what)} received a gradient: in the other "
-                                  "model this tensor does not reach the loss (a detach, no_grad, stop_gradient, "
-                                  "or an integer tensor?).")
-            findings.append(Finding("backward", show_id(k, what), a.label(), b.label(), a.name, b.name, d, step,
-                                    ref_node=a, test_node=b))
+            findings.append(_one_sided_gradient(a, b, extra[0], what, step))
         for (k, rec_a), (k_b, rec_b) in zip(la, lb):
             if kind == "enter" and _read_apart(a, b, k, k_b, unshared):
                 continue
@@ -321,14 +301,49 @@ def compare_backward(pairing: Pairing, ref_events: List[Tuple[Node, str]], optio
             findings.append(Finding("backward", name, a.label(), b.label(), a.name, b.name, diff, step,
                                     ref_node=a, test_node=b))
     if unshared and notes is not None:
-        a, k, ua, ub = unshared[0]
-        notes.append(
-            f"{len(unshared)} input gradient(s) not compared (first: {show_id(k, 'input')} of `{a.path}`, read by "
+        notes.append(_unshared_note(unshared))
+    return findings
+
+
+def _paired_grads(a: Node, b: Node, kind: str, ga, gb, unshared: list):
+    """(reference list, tested list, extras) of two paired calls' gradients of one kind, or None
+    where their input gradients are cut differently (noted in ``unshared``)."""
+    # Output gradients pair as their outputs do (by name or position); input gradients
+    # pair the distinct gradients of each side by position, in forward order: torch's
+    # MultiheadAttention takes (x, x, x) where a port takes x; one tensor seen three
+    # times has one gradient.
+    if kind == "exit":
+        return _output_grads(a, b, ga, gb)
+    la = _distinct_grads(a, ga)
+    lb = _distinct_grads(b, gb)
+    if len(la) != len(lb) and _composite(a) and _composite(b):
+        # A list of tensors against one concatenated tensor (torch's _DenseLayer against
+        # paddle's DenseLayer): the layers' inputs are cut differently, not detached.
+        unshared.extend((a, k, len(la), len(lb)) for k, _ in la[:1])
+        return None
+    extra = [(side, k, r) for side, lst, n in (("reference", la, len(lb)), ("tested", lb, len(la)))
+             for k, r in lst[n:] if not _all_zero(r)]
+    return la, lb, extra
+
+
+def _one_sided_gradient(a: Node, b: Node, extra, what: str, step: int) -> Finding:
+    """The finding for a gradient that reached one model's call only."""
+    has, k, _ = extra
+    d = TensorDiff(False, (), (), "", "", None, problem="structure",
+                   detail=f"Only the {has} model's {show_id(k, what)} received a gradient: in the other "
+                          "model this tensor does not reach the loss (a detach, no_grad, stop_gradient, "
+                          "or an integer tensor?).")
+    return Finding("backward", show_id(k, what), a.label(), b.label(), a.name, b.name, d, step,
+                   ref_node=a, test_node=b)
+
+
+def _unshared_note(unshared: list) -> str:
+    a, k, ua, ub = unshared[0]
+    return (f"{len(unshared)} input gradient(s) not compared (first: {show_id(k, 'input')} of `{a.path}`, read by "
             f"{ua} call(s) in the reference model and {ub} in the tested one): a tensor's gradient is the sum over "
             "every call that reads it, so where the two models read it a different number of times the sums "
             "differ without either being wrong. The calls' own outputs and the gradients of what they read are "
             "compared.")
-    return findings
 
 
 def _composite(node: Node) -> bool:
