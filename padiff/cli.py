@@ -13,9 +13,12 @@ import os
 import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from . import __doc__ as package_doc
 from .errors import PadiffError
 
 PROG = "padiff"
+# The package docstring's first line ("padiff: prove that a model ported between ..."); -OO strips it.
+TAGLINE = (package_doc or PROG).strip().splitlines()[0]
 
 
 def _error(command: str, exc: Exception) -> int:
@@ -23,7 +26,7 @@ def _error(command: str, exc: Exception) -> int:
     return 2
 
 
-def _parser(command: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
+def _parser(command: str, *, description: str, epilog: str = "") -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=f"{PROG} {command}", description=description, epilog=epilog,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -38,15 +41,37 @@ def _is_array_file(path: str) -> bool:
 
 
 def compare_main(argv: Sequence[str]) -> int:
+    args = _compare_parser().parse_args(argv)
+    if _is_array_file(args.first) and _is_array_file(args.second):
+        from .checks.files import main_compare
+
+        return main_compare(list(argv))
+    try:
+        kwargs = _compare_kwargs(args)
+    except PadiffError as exc:
+        return _error("compare", exc)
+    for path in (args.first, args.second):
+        if os.path.isfile(path):
+            return _error("compare", PadiffError(
+                f"`{path}` is a file: padiff compare takes two dump folders (made by padiff.dump), or two array "
+                "files (.npy/.npz)."))
+    try:
+        result = _compare_dumps(args, kwargs)
+    except PadiffError as exc:
+        return _error("compare", exc)
+    return 0 if result.passed else 1
+
+
+def _compare_parser() -> argparse.ArgumentParser:
     parser = _parser(
         "compare",
-        "Compare two dumps made by padiff.dump (one per model, made in separate processes) layer by layer, with "
-        "auto_diff's pairing, tolerances and report. The torch dump is the reference when the frameworks differ, "
-        "else the first. Neither torch nor paddle is imported.\n\n"
+        description="Compare two dumps made by padiff.dump (one per model, made in separate processes) layer by "
+        "layer, with auto_diff's pairing, tolerances and report. The torch dump is the reference when the "
+        "frameworks differ, else the first. Neither torch nor paddle is imported.\n\n"
         "Given two array files (.npy, .npz, reprod_log .npy dicts) instead, compares them as padiff.compare does; "
         "then the SECOND file is the reference (see `padiff compare FILE FILE --help`).",
-        "exit status: 0 aligned, 1 not aligned, 2 usage error or unusable input (missing or interrupted dump).\n"
-        "example: padiff compare run_paddle/ run_torch/ --atol 1e-5 --html report.html")
+        epilog="exit status: 0 aligned, 1 not aligned, 2 usage error or unusable input (missing or interrupted "
+        "dump).\nexample: padiff compare run_paddle/ run_torch/ --atol 1e-5 --html report.html")
     parser.add_argument("first", help="a dump folder (or an array file)")
     parser.add_argument("second", help="the other dump folder (or array file)")
     parser.add_argument("--atol", type=float, default=None, help="absolute tolerance (default: auto, per dtype)")
@@ -73,11 +98,11 @@ def compare_main(argv: Sequence[str]) -> int:
     dist.add_argument("--tp-layout", action="append", default=[], metavar="PATH=LAYOUT",
                       help="declare a layer's tensor-parallel layout (column, row, vocab or none); repeatable")
     parser.add_argument("--name", default=None, help=argparse.SUPPRESS)  # array files only
-    args = parser.parse_args(argv)
-    if _is_array_file(args.first) and _is_array_file(args.second):
-        from .checks import main_compare
+    return parser
 
-        return main_compare(list(argv))
+
+def _compare_kwargs(args) -> dict:
+    """compare_dumps' keywords from the parsed command line."""
     kwargs = {k: v for k, v in (("atol", args.atol), ("rtol", args.rtol), ("compare_mode", args.compare_mode),
                                 ("diff_phase", args.diff_phase), ("steps", args.steps), ("log_dir", args.log_dir))
               if v is not None}
@@ -87,37 +112,31 @@ def compare_main(argv: Sequence[str]) -> int:
         kwargs["skip_wrap_layer"] = True
     if args.path_log:
         kwargs["path_log"] = True
-    try:
-        kwargs.update(_distributed_args(args))
-    except PadiffError as exc:
-        return _error("compare", exc)
-    for path in (args.first, args.second):
-        if os.path.isfile(path):
-            return _error("compare", PadiffError(
-                f"`{path}` is a file: padiff compare takes two dump folders (made by padiff.dump), or two array "
-                "files (.npy/.npz)."))
-    try:
-        from .dump import compare_dumps
-        from .dump.distributed import is_distributed
+    kwargs.update(_distributed_args(args))
+    return kwargs
 
-        ranked = is_distributed(args.first) or is_distributed(args.second)
-        if args.html and ranked:  # one HTML report per pair of ranks, in each pair's log folder
-            kwargs["report"] = "html"
-        with (contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext()):
-            result = compare_dumps(args.first, args.second, **kwargs)
-        if args.html and not ranked:
-            try:
-                from .report.html import write_html
-            except ImportError:
-                print(f"{PROG} compare: the HTML report is not available in this padiff; --html was ignored.",
-                      file=sys.stderr)
-            else:
-                written = write_html(result, args.html)
-                if not args.quiet:
-                    print(f"[AutoDiff] HTML report: `{written}`")
-    except PadiffError as exc:
-        return _error("compare", exc)
-    return 0 if result.passed else 1
+
+def _compare_dumps(args, kwargs: dict):
+    """Compare the two dump folders (quietly with --quiet) and write the HTML report asked for."""
+    from .dump import compare_dumps
+    from .dump.distributed import is_distributed
+
+    ranked = is_distributed(args.first) or is_distributed(args.second)
+    if args.html and ranked:  # one HTML report per pair of ranks, in each pair's log folder
+        kwargs["report"] = "html"
+    with (contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext()):
+        result = compare_dumps(args.first, args.second, **kwargs)
+    if args.html and not ranked:
+        try:
+            from .report.html import write_html
+        except ImportError:
+            print(f"{PROG} compare: the HTML report is not available in this padiff; --html was ignored.",
+                  file=sys.stderr)
+        else:
+            written = write_html(result, args.html)
+            if not args.quiet:
+                print(f"[AutoDiff] HTML report: `{written}`")
+    return result
 
 
 def _distributed_args(args) -> dict:
@@ -147,10 +166,10 @@ def report_main(argv: Sequence[str]) -> int:
 
     parser = _parser(
         "report",
-        "Compare two reprod_log files (saved by ReprodLogger.save) key by key, as ReprodDiffHelper does, print "
+        description="Compare two reprod_log files (saved by ReprodLogger.save) key by key, as ReprodDiffHelper does, print "
         "the report and write it to the log file. The FIRST file is the reference (the guide passes the torch "
         "file first).",
-        "exit status: 0 every key passed, 1 a key failed or is missing, 2 usage error or unreadable file.\n"
+        epilog="exit status: 0 every key passed, 1 a key failed or is missing, 2 usage error or unreadable file.\n"
         "example: padiff report forward_torch.npy forward_paddle.npy --log forward_diff.log")
     parser.add_argument("reference", help="the reference file, e.g. forward_torch.npy")
     parser.add_argument("other", help="the file to check, e.g. forward_paddle.npy")
@@ -183,11 +202,11 @@ def checkpoints_main(argv: Sequence[str]) -> int:
     names = ", ".join(c for c, _ in CHECKPOINTS)
     parser = _parser(
         "checkpoints",
-        "Check the reproduction guide's acceptance checkpoints in a folder: for each of "
+        description="Check the reproduction guide's acceptance checkpoints in a folder: for each of "
         f"{names}, NAME_paddle.npy against NAME_torch.npy (or NAME_pytorch.npy, NAME_ref.npy; "
         "train_align_benchmark.npy first for train_align). Writes NAME_diff.log for each pair and prints a "
         "summary.",
-        "exit status: 0 all five present and passed, 1 one failed or is missing, 2 usage error.\n"
+        epilog="exit status: 0 all five present and passed, 1 one failed or is missing, 2 usage error.\n"
         "example: padiff checkpoints result/ --out result/log")
     parser.add_argument("folder", help="the folder holding the file pairs")
     parser.add_argument("--out", default=None, help="folder for the NAME_diff.log files (default: FOLDER)")
@@ -218,14 +237,14 @@ COMMANDS: Dict[str, Tuple[Callable[[Sequence[str]], int], str]] = {
     "compare": (compare_main, "compare two dumps (padiff.dump) layer by layer, or two array files"),
     "report": (report_main, "compare two reprod_log files, as ReprodDiffHelper.report"),
     "checkpoints": (checkpoints_main, "check the reproduction guide's five acceptance checkpoints in a folder"),
-    "convert": (convert_main, "convert a checkpoint between torch and paddle (.safetensors, .pth, .pdparams)"),
+    "convert": (convert_main, "convert a checkpoint between the two frameworks (.safetensors, .pth, .pdparams)"),
 }
 
 
 def _usage() -> str:
     width = max(len(c) for c in COMMANDS)
     lines = [f"usage: {PROG} COMMAND [options] ...", "",
-             "padiff: prove that a model ported between PyTorch and PaddlePaddle computes the same thing.", "",
+             TAGLINE, "",
              "commands:"]
     lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
     lines += ["", f"`{PROG} COMMAND --help` describes a command. Exit status: 0 aligned, 1 not aligned, "

@@ -18,7 +18,9 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 
 
-def _key_text(key) -> str:
+def key_text(key) -> str:
+    """One step of an id path for a dict key: ``[0]``, ``["logits"]`` (quotes and backslashes
+    escaped so the path reads back with :func:`split_id`)."""
     if isinstance(key, int) and not isinstance(key, bool):
         return f"[{key}]"
     if isinstance(key, str):
@@ -55,7 +57,7 @@ def _flatten(obj, is_leaf, prefix, out, depth, inside):
         except TypeError:
             out.append((prefix, obj))
             return
-        items = [(_key_text(key), obj[key]) for key in keys]
+        items = [(key_text(key), obj[key]) for key in keys]
     elif _fields(obj) is not None:
         items = [(f".{name}", getattr(obj, name)) for name in _fields(obj)]
     elif isinstance(obj, (list, tuple)):

@@ -3,10 +3,12 @@
 (a) the padiff modules import each other without a circle, counting imports inside functions;
 (b) no module imports another module's private (``_name``) names;
 (c) no function is longer than 60 lines;
-(d) outside ``padiff/frameworks/`` (and ``padiff/reprod.py``, whose log format and weight-conversion
-    helpers are the paper-reproduction guide's and name the frameworks on purpose) no code names torch
-    or paddle: identifiers, attribute names, imports and string constants other than docstrings,
-    f-string text included, since the text a user reads takes a framework's name from its adapter.
+(d) outside ``padiff/frameworks/`` (and ``padiff/reprod.py``, the paper-reproduction guide's tool, whose
+    file names and logs name the frameworks as the guide does) no code names torch or paddle:
+    identifiers, attribute names, imports, and string constants with f-string text included, since a
+    message takes a framework's name from its adapter. Documentation is not code: docstrings, other
+    bare string statements and command-line help (``help=``, ``description=``, ``epilog=``) may name
+    them, and so may the names the seed documents fix (``PADDLE_THIRDPARTY_API``, ``forward_paddle.npy``).
 
 Each check has an ALLOWLIST of violations that exist now, in files other work is still changing. An
 ALLOWLIST MAY ONLY SHRINK: a violation not in it fails, and so does an entry that no longer occurs,
@@ -23,46 +25,172 @@ PADIFF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 MAX_LINES = 60
 FRAMEWORK_WORD = re.compile(r"torch|paddle", re.IGNORECASE)
 FRAMEWORK_FREE_EXEMPT = ("frameworks/", "reprod.py")
+# Names the seed documents fix, which a user types: the environment switch of the original tool and
+# the reproduction guide's file names (forward_paddle.npy against forward_torch.npy).
+SEED_NAMES = re.compile(r"PADDLE_THIRDPARTY_API|\b\w*_(?:paddle|torch|pytorch)\.npy\b")
+HELP_KEYWORDS = ("help", "description", "epilog")
 
-# (a) Import edges (importer file, imported module) that lie on a circle. May only shrink.
-CYCLE_ALLOWLIST: set = set()
+# (a) (importer file, imported module) of the imports that lie on a circle today. MAY ONLY SHRINK.
+# compare/result.py renders itself through report/*, and report/* reads compare/result.py; dump/*
+# and weights/* import each other both ways.
+CYCLE_ALLOWLIST = {
+    ("compare/result.py", "padiff.report.console"),
+    ("compare/result.py", "padiff.report.html"),
+    ("dump/compare.py", "padiff.dump.distributed"),
+    ("dump/compare.py", "padiff.dump.reader"),
+    ("dump/distributed.py", "padiff.dump.compare"),
+    ("dump/distributed.py", "padiff.dump.reader"),
+    ("dump/reader.py", "padiff.dump.distributed"),
+    ("report/console.py", "padiff.compare.result"),
+    ("report/html.py", "padiff.compare.result"),
+    ("report/html.py", "padiff.report.console"),
+    ("report/html.py", "padiff.report.tables"),
+    ("report/tables.py", "padiff.compare.result"),
+    ("report/tables.py", "padiff.report.console"),
+    ("report/weights.py", "padiff.weights.assign"),
+    ("weights/assign.py", "padiff.weights.auto"),
+    ("weights/auto.py", "padiff.report.weights"),
+    ("weights/auto.py", "padiff.weights.assign"),
+}
 
-# (b) (importer file, imported private name). May only shrink.
-PRIVATE_IMPORT_ALLOWLIST: set = set()
+# (b) (importer file, module.name) of another module's private names imported today. MAY ONLY SHRINK.
+# The dump modules reuse auto_diff's step functions (the run pipeline's part of issue 17).
+PRIVATE_IMPORT_ALLOWLIST = {
+    ("dump/compare.py", "padiff.auto_diff._Printer"),
+    ("dump/compare.py", "padiff.auto_diff._compare_step"),
+    ("dump/compare.py", "padiff.auto_diff._loss_finding"),
+    ("dump/compare.py", "padiff.auto_diff._lr_findings"),
+    ("dump/compare.py", "padiff.auto_diff._skip_fn"),
+    ("dump/writer.py", "padiff.auto_diff._clear_grads"),
+    ("dump/writer.py", "padiff.auto_diff._learning_rates"),
+    ("dump/writer.py", "padiff.auto_diff._random_layers"),
+    ("dump/writer.py", "padiff.auto_diff._step_optimizer"),
+    ("dump/writer.py", "padiff.auto_diff._step_scheduler"),
+}
 
-# (c) (file, function qualname) longer than MAX_LINES. May only shrink.
-LONG_FUNCTION_ALLOWLIST: set = set()
+# (c) (file, function) longer than MAX_LINES today. MAY ONLY SHRINK.
+LONG_FUNCTION_ALLOWLIST = {
+    ("auto_diff.py", "_compare_step"),
+    ("auto_diff.py", "auto_diff"),
+    ("compare/pairing.py", "pair_traces"),
+    ("dump/compare.py", "compare_dumps"),
+    ("dump/distributed.py", "GatheredDump.__init__"),
+    ("dump/distributed.py", "compare_distributed"),
+    ("dump/distributed.py", "plan_units"),
+    ("dump/writer.py", "dump"),
+    ("record/recorder.py", "Recorder._make_hooks"),
+    ("record/replay.py", "Replayer.replay"),
+    ("weights/convert.py", "convert_checkpoint"),
+    ("weights/convert.py", "main"),
+}
 
-# (d) (file, name or text) naming a framework outside frameworks/. May only shrink.
-FRAMEWORK_NAME_ALLOWLIST: set = set()
+# (d) (file, identifier or string's first 60 characters) naming a framework outside frameworks/
+# today. MAY ONLY SHRINK: such text should come from the adapters (a layer class's name, a file
+# extension, a CLI flag), such a name from the side it stands for.
+FRAMEWORK_NAME_ALLOWLIST = {
+    ("calibrate.py", "calibrate takes a model (torch.nn.Module or paddle.nn.Layer)"),
+    ("dump/compare.py", "torch"),
+    ("dump/writer.py", "padiff.dump takes a model (torch.nn.Module or paddle.nn.Laye"),
+    ("record/api.py", "handle_torch_function"),
+    ("record/api.py", "has_torch_function"),
+    ("record/api.py", "has_torch_function_unary"),
+    ("record/api.py", "has_torch_function_variadic"),
+    ("record/api.py", "must be a full dotted name like 'paddle3d.ops.iou3d_nms'."),
+    ("record/recorder.py", "paddle"),
+    ("record/recorder.py", "torch"),
+    ("report/html.py", "paddle"),
+    ("report/html.py", "paddlepaddle"),
+    ("report/html.py", "torch"),
+    ("report/weights.py", "); pass the paddle model (--paddle-model module:factory) to"),
+    ("report/weights.py", "[padiff convert] The paddle model's layer names differ from"),
+    ("report/weights.py", "paddle model"),
+    ("side.py", ", not a model: pass a torch.nn.Module or a paddle.nn.Layer."),
+    ("side.py", "torch"),
+    ("weights/checkpoint.py", ", pytorch_model.bin, model_state.pdparams)."),
+    ("weights/checkpoint.py", "Pass a file written by paddle.save(model.state_dict(), path)"),
+    ("weights/checkpoint.py", "Pass a file written by torch.save(model.state_dict(), path)."),
+    ("weights/checkpoint.py", "_PADDLE_EXT"),
+    ("weights/checkpoint.py", "_TORCH_EXT"),
+    ("weights/checkpoint.py", "`: name it .pth/.bin (torch), .pdparams (paddle) or .safeten"),
+    ("weights/checkpoint.py", "paddle"),
+    ("weights/checkpoint.py", "pytorch_model.bin"),
+    ("weights/checkpoint.py", "torch"),
+    ("weights/convert.py", ") do not cover it, so it cannot be made from the paddle chec"),
+    ("weights/convert.py", "), so it cannot be run backwards to convert a paddle checkpo"),
+    ("weights/convert.py", ", not a paddle.nn.Layer."),
+    ("weights/convert.py", ", not a torch.nn.Module."),
+    ("weights/convert.py", "--paddle-model"),
+    ("weights/convert.py", "--torch-model"),
+    ("weights/convert.py", "A layer_map pairs the layers of two models: give both paddle"),
+    ("weights/convert.py", "Converting a paddle checkpoint into torch needs both models"),
+    ("weights/convert.py", "Inputs run the two models: give both paddle_model and torch_"),
+    ("weights/convert.py", "PADDLE_TO_TORCH_CLASS"),
+    ("weights/convert.py", "The paddle tensors linked to a torch tensor of shape"),
+    ("weights/convert.py", "_paddle_keys"),
+    ("weights/convert.py", "_through_paddle_model"),
+    ("weights/convert.py", "_torch_classes"),
+    ("weights/convert.py", "an LSTM projection: paddle names it `<layer>.cell.weight_ho`"),
+    ("weights/convert.py", "by names only (the torch2paddle recipe)"),
+    ("weights/convert.py", "by names, with the torch model's layer classes"),
+    ("weights/convert.py", "convert_checkpoint takes a paddle model (paddle_model=) and"),
+    ("weights/convert.py", "mapped by the paddle model's layers"),
+    ("weights/convert.py", "must be written module:factory (e.g. my_models:build_paddle)"),
+    ("weights/convert.py", "not in the checkpoint: the torch model's own value"),
+    ("weights/convert.py", "paddle"),
+    ("weights/convert.py", "paddle has no such tensor"),
+    ("weights/convert.py", "paddle has no such tensor: the torch model's own value"),
+    ("weights/convert.py", "paddle has no such tensor: written as 0"),
+    ("weights/convert.py", "paddle model"),
+    ("weights/convert.py", "paddle::"),
+    ("weights/convert.py", "paddle_keys"),
+    ("weights/convert.py", "paddle_model"),
+    ("weights/convert.py", "paddle_model is a"),
+    ("weights/convert.py", "source must be 'torch' or 'paddle', got"),
+    ("weights/convert.py", "torch"),
+    ("weights/convert.py", "torch model names"),
+    ("weights/convert.py", "torch::"),
+    ("weights/convert.py", "torch_ad"),
+    ("weights/convert.py", "torch_keys"),
+    ("weights/convert.py", "torch_model"),
+    ("weights/convert.py", "torch_model is a"),
+    ("weights/layer_map.py", "must be a layer (torch.nn.Module or paddle.nn.Layer), got a"),
+    ("weights/rules.py", "PADDLE_TO_TORCH_CLASS"),
+    ("weights/rules.py", "paddle_bn"),
+    ("weights/rules.py", "torch_bn"),
+}
 
 
-def _module_files() -> dict:
-    """Dotted module name -> (path relative to padiff/, parsed tree), for every module of the package."""
+def parse_package(sources: dict) -> dict:
+    """Dotted module name -> (path relative to padiff/, parsed tree), from ``{relative path: source}``."""
     out = {}
-    for folder, dirs, files in os.walk(PADIFF):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        for f in sorted(files):
-            if not f.endswith(".py"):
-                continue
-            path = os.path.join(folder, f)
-            rel = os.path.relpath(path, PADIFF).replace(os.sep, "/")
-            parts = ["padiff"] + rel[:-3].split("/")
-            if parts[-1] == "__init__":
-                parts.pop()
-            with open(path, encoding="utf-8") as fh:
-                out[".".join(parts)] = (rel, ast.parse(fh.read(), filename=path))
+    for rel, source in sources.items():
+        parts = ["padiff"] + rel[:-3].split("/")
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = (rel, ast.parse(source, filename=rel))
     return out
 
 
-MODULES = _module_files()
+def _package_sources() -> dict:
+    sources = {}
+    for folder, dirs, files in os.walk(PADIFF):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for f in sorted(files):
+            if f.endswith(".py"):
+                path = os.path.join(folder, f)
+                with open(path, encoding="utf-8") as fh:
+                    sources[os.path.relpath(path, PADIFF).replace(os.sep, "/")] = fh.read()
+    return sources
+
+
+MODULES = parse_package(_package_sources())
 
 
 def _package_of(module: str, rel: str) -> str:
     return module if rel.endswith("__init__.py") else module.rpartition(".")[0]
 
 
-def _imports(module: str, rel: str, tree) -> list:
+def _imports(module: str, rel: str, tree, modules: dict) -> list:
     """(imported module, imported name or None) for every import statement anywhere in the module,
     relative ones resolved; ``from pkg import sub`` counts as importing the submodule ``pkg.sub``."""
     found = []
@@ -77,15 +205,16 @@ def _imports(module: str, rel: str, tree) -> list:
                 base = ".".join(pkg + ([base] if base else []))
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
-                found.append((sub, None) if sub in MODULES else (base, alias.name))
+                found.append((sub, None) if sub in modules else (base, alias.name))
     return found
 
 
-def _import_graph() -> dict:
+def _import_graph(modules: dict) -> dict:
     """padiff module -> {imported padiff module: the importer's file}."""
     graph = {}
-    for module, (rel, tree) in MODULES.items():
-        graph[module] = {target: rel for target, _ in _imports(module, rel, tree) if target in MODULES and target != module}
+    for module, (rel, tree) in modules.items():
+        graph[module] = {target: rel for target, _ in _imports(module, rel, tree, modules)
+                         if target in modules and target != module}
     return graph
 
 
@@ -119,8 +248,9 @@ def _strongly_connected(graph: dict) -> list:
     return [c for c in out if len(c) > 1]
 
 
-def cycle_edges() -> set:
-    graph = _import_graph()
+def cycle_edges(modules: dict = MODULES) -> set:
+    """(importer file, imported module) for every import that lies on a circle of imports."""
+    graph = _import_graph(modules)
     edges = set()
     for comp in _strongly_connected(graph):
         for v in comp:
@@ -128,16 +258,19 @@ def cycle_edges() -> set:
     return edges
 
 
-def private_imports() -> set:
+def private_imports(modules: dict = MODULES) -> set:
+    """(importer file, module.name) for every ``from x import _name`` of a padiff module's private
+    name (a private submodule, such as ``_memory``, is the package's own and may be imported)."""
     found = set()
-    for module, (rel, tree) in MODULES.items():
-        for target, name in _imports(module, rel, tree):
+    for module, (rel, tree) in modules.items():
+        for target, name in _imports(module, rel, tree, modules):
             if target.startswith("padiff") and name and name.startswith("_") and not name.startswith("__"):
                 found.add((rel, f"{target}.{name}"))
     return found
 
 
-def long_functions() -> set:
+def long_functions(modules: dict = MODULES) -> set:
+    """(file, qualified name) of every function longer than MAX_LINES, from ``def`` to its last line."""
     found = set()
 
     def walk(node, rel, prefix):
@@ -150,22 +283,26 @@ def long_functions() -> set:
             else:
                 walk(child, rel, prefix)
 
-    for rel, tree in MODULES.values():
+    for rel, tree in modules.values():
         walk(tree, rel, "")
     return found
 
 
-def _docstrings(tree) -> set:
+def _documentation(tree) -> set:
+    """ids of the string constants that document rather than compute: docstrings and other bare
+    string statements (attribute docstrings), and command-line help (``help=``, ``description=``,
+    ``epilog=``), written once for the two frameworks the tool is about, like the README."""
     ids = set()
     for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
-            first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
-                ids.add(id(first.value))
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            ids.add(id(node.value))
+        elif isinstance(node, ast.keyword) and node.arg in HELP_KEYWORDS:
+            ids |= {id(c) for c in ast.walk(node.value) if isinstance(c, ast.Constant)}
     return ids
 
 
 def _names_in(node) -> list:
+    """The identifiers a node writes: names, attributes, definitions, arguments, imports."""
     if isinstance(node, ast.Name):
         return [node.id]
     if isinstance(node, ast.Attribute):
@@ -183,16 +320,23 @@ def _names_in(node) -> list:
     return []
 
 
-def framework_names() -> set:
+def _shown(text: str) -> str:
+    """A string as the allowlist writes it: whitespace collapsed, at most 60 characters."""
+    return " ".join(text.split())[:60].rstrip()
+
+
+def framework_names(modules: dict = MODULES) -> set:
+    """(file, identifier or string) naming torch or paddle in code outside the adapters; string
+    constants count with f-string text, apart from documentation and the seeds' fixed names."""
     found = set()
-    for module, (rel, tree) in MODULES.items():
+    for rel, tree in modules.values():
         if rel.startswith(FRAMEWORK_FREE_EXEMPT):
             continue
-        docs = _docstrings(tree)
+        docs = _documentation(tree)
         for node in ast.walk(tree):
             words = _names_in(node)
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
-                words = [node.value]
+                words = [_shown(node.value)] if FRAMEWORK_WORD.search(SEED_NAMES.sub("", node.value)) else []
             found |= {(rel, w) for w in words if w and FRAMEWORK_WORD.search(w)}
     return found
 
@@ -207,7 +351,8 @@ def _check(found: set, allowed: set, what: str):
     if gone:
         lines.append(f"{len(gone)} allowlist entries no longer occur (delete them from the allowlist):")
         lines += [f"    {f}: {n}" for f, n in gone]
-    assert not lines, "\n".join(lines)
+    if lines:
+        raise AssertionError("\n".join(lines))
 
 
 def test_no_import_cycles():
@@ -224,3 +369,67 @@ def test_no_long_functions():
 
 def test_no_framework_names_outside_adapters():
     _check(framework_names(), FRAMEWORK_NAME_ALLOWLIST, "framework names outside padiff/frameworks/")
+
+
+# --- the checks themselves, on tiny packages: each one finds what it is for -------------------------
+
+def test_a_circle_through_a_function_local_import_is_found():
+    modules = parse_package({
+        "__init__.py": "",
+        "a.py": "from .b import g\n",
+        "b.py": "def g():\n    from .c import h\n    return h\n",
+        "c.py": "def h():\n    from . import a\n",
+        "d.py": "from .a import g\n",  # imports into the circle, is not on it
+    })
+    assert cycle_edges(modules) == {("a.py", "padiff.b"), ("b.py", "padiff.c"), ("c.py", "padiff.a")}
+
+
+def test_a_private_name_imported_from_another_module_is_found():
+    modules = parse_package({
+        "__init__.py": "",
+        "_memory.py": "x = 1\n",
+        "sub/__init__.py": "",
+        "sub/a.py": "from ..b import _hidden, shown, __version__\nfrom .. import _memory\n",
+        "b.py": "_hidden = shown = __version__ = 1\n",
+    })
+    assert private_imports(modules) == {("sub/a.py", "padiff.b._hidden")}
+
+
+def test_a_function_over_the_limit_is_found_by_its_qualified_name():
+    body = "".join(f"        x{i} = {i}\n" for i in range(MAX_LINES - 1))  # with its def: MAX_LINES lines
+    modules = parse_package({
+        "a.py": f"class K:\n    def fits(self):\n{body}\n    def long(self):\n{body}        y = 0\n",
+    })
+    assert long_functions(modules) == {("a.py", "K.long")}
+
+
+def test_framework_names_in_code_and_messages_are_found_but_not_in_documentation():
+    modules = parse_package({
+        "a.py": '"""A docstring may say torch."""\n'
+                "import paddle.nn as nn\n"
+                "def f(torch_model, side):\n"
+                '    """So may this one: paddle."""\n'
+                "    if side == 'paddle':\n"
+                "        raise ValueError(f'{side}: pass a torch.nn.Module')\n"
+                "    parser.add_argument('x', help='as torch does')\n"
+                "    return side.adapter.is_torch\n"
+                "LIMIT = 1\n"
+                '"""An attribute docstring about paddle."""\n'
+                "ENV = 'PADDLE_THIRDPARTY_API'; FILE = 'forward_paddle.npy'\n",
+        "frameworks/torch.py": "import torch\n",
+        "reprod.py": "NAME = 'torch'\n",
+    })
+    assert framework_names(modules) == {
+        ("a.py", "paddle.nn"), ("a.py", "torch_model"), ("a.py", "paddle"),
+        ("a.py", ": pass a torch.nn.Module"), ("a.py", "is_torch"),
+    }
+
+
+def test_an_allowlist_entry_that_no_longer_occurs_fails_the_check():
+    try:
+        _check({("a.py", "new")}, {("a.py", "fixed")}, "things")
+    except AssertionError as exc:
+        assert str(exc) == ("1 things not in the allowlist (fix them):\n    a.py: new\n"
+                            "1 allowlist entries no longer occur (delete them from the allowlist):\n    a.py: fixed")
+    else:
+        raise AssertionError("_check passed a new violation and a stale entry")

@@ -14,7 +14,7 @@ import weakref
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..errors import PadiffError, PadiffInternalError
-from ..structure import _key_text, flatten
+from ..structure import flatten, key_text
 from .api import ApiPatcher, api_targets
 from .spill import Spill
 from .trace import LazyFrames, Node, SourceFrame, TensorRecord, Trace
@@ -115,7 +115,7 @@ def tensor_items(args, kwargs, is_tensor) -> list:
         else:
             for k, v in (kwargs or {}).items():
                 if is_tensor(v):
-                    out.append(("[1]" + _key_text(k), v))
+                    out.append(("[1]" + key_text(k), v))
                 elif not isinstance(v, _SCALARS):
                     break
             else:
