@@ -324,3 +324,10 @@ def test_calibration_as_plain_layer_tolerances_and_bad_option():
         build_options({"calibration": {"linear1": 1e-3}})
     with pytest.raises(PadiffError, match="calibrate dtype='float8'"):
         calibrate(torch_model, net_input("torch"), dtype="float8")
+
+
+def test_empty_tensors_of_any_dtype_compare_equal():
+    for dtype in ("int64", "float32"):
+        a = np.zeros((0, 3), dtype=dtype)
+        d = compare_arrays(a, a.copy(), tolerance_for(build_options(None), dtype, dtype))
+        assert d.passed and d.numel == 0 and d.max_abs_index == ()

@@ -376,7 +376,7 @@ def _fmt(x) -> str:
 
 
 def _index(flat_index: int, shape) -> Tuple[int, ...]:
-    if not shape:
+    if not shape or 0 in shape:  # a scalar, or an empty tensor: no element to point at
         return ()
     return tuple(int(i) for i in np.unravel_index(int(flat_index), shape))
 
