@@ -413,6 +413,39 @@ class _GatheredAdapter(DumpAdapter):
         return self.dump.initial(tensor).array
 
 
+def _layer_layouts(base: dict, mapping) -> Tuple[Dict[int, Tuple[str, str]], List[str]]:
+    """layer index -> (layout, where it was found) for a dump's tensor-parallel layers, the
+    user's ``tp_layout`` over what the dump recorded; and the layouts it overrode, in words."""
+    root = base["model"]["name"]
+    layouts: Dict[int, Tuple[str, str]] = {}
+    overridden = []
+    for e in base["layers"]:
+        found = (e["tp"]["layout"], e["tp"]["from"]) if e.get("tp") else None
+        hit = match_layout(mapping, e["path"], root) if mapping else None
+        if hit is not None:
+            if found and found[0] != hit[1]:
+                overridden.append(f"`{e['path']}` ({TITLES.get(found[0])} by its {found[1]}) as "
+                                  f"{TITLES.get(hit[1], 'not sharded')}")
+            found = (hit[1], f"tp_layout[{hit[0]!r}]") if hit[1] else None
+        if found:
+            layouts[int(e["index"])] = found
+    return layouts, overridden
+
+
+def _tensor_modes(base: dict, layouts, weight_layout) -> Dict[int, object]:
+    """Every parameter's gather mode (``("cat", dim)`` or "whole"), from the layout of the
+    layer that owns it."""
+    modes: Dict[int, object] = {}
+    for e in base["layers"]:
+        layout = layouts.get(int(e["index"]), (None,))[0]
+        for _, ti in e["params"]:
+            if ti in modes:
+                continue
+            d = shard_dim(layout, len(base["tensors"][ti]["shape"]), weight_layout)
+            modes[ti] = ("cat", d) if d is not None else "whole"
+    return modes
+
+
 class GatheredDump(Dump):
     """The ranks of one tensor-parallel group, seen as one unsharded run: parameters gathered by
     their layer's layout, every recorded value made from the ranks' values (:class:`GatheredRecord`).
@@ -423,48 +456,47 @@ class GatheredDump(Dump):
         self.parts = parts
         self.group = list(ranks)
         base = parts[0].manifest
-        mapping = layout_map(tp_layout)
-        root = base["model"]["name"]
         weight_layout = base.get("linear_weight_layout")
-        self.layouts: Dict[int, Tuple[str, str]] = {}  # layer index -> (layout, where it was found)
-        overridden = []
-        for e in base["layers"]:
-            found = (e["tp"]["layout"], e["tp"]["from"]) if e.get("tp") else None
-            hit = match_layout(mapping, e["path"], root) if mapping else None
-            if hit is not None:
-                if found and found[0] != hit[1]:
-                    overridden.append(f"`{e['path']}` ({TITLES.get(found[0])} by its {found[1]}) as "
-                                      f"{TITLES.get(hit[1], 'not sharded')}")
-                found = (hit[1], f"tp_layout[{hit[0]!r}]") if hit[1] else None
-            if found:
-                self.layouts[int(e["index"])] = found
+        self.layouts, overridden = _layer_layouts(base, layout_map(tp_layout))
         if self.layouts and weight_layout is None:
             raise PadiffError(f"`{parts[0].path}` was made by an older padiff that did not record how its framework "
                               "stores Linear weights: dump it again to gather its tensor-parallel shards.")
-        # every parameter's gather mode, from the layout of the layer that owns it
-        self.tensor_modes: Dict[int, object] = {}
+        self.tensor_modes = _tensor_modes(base, self.layouts, weight_layout)
+        manifest = dict(base, tensors=self._gathered_tensors(base), layers=self._gathered_layers(base),
+                        notes=self._notes(base, label, overridden))
+        super().__init__(f"{label} [{ranks_text(self.group)}]", manifest)
+        self.adapter = _GatheredAdapter(self)
+        self._weight_shapes = {}  # layer index -> the local shape of its 2-d weight
         for e in base["layers"]:
-            layout = self.layouts.get(int(e["index"]), (None,))[0]
-            for _, ti in e["params"]:
-                if ti in self.tensor_modes:
-                    continue
-                d = shard_dim(layout, len(base["tensors"][ti]["shape"]), weight_layout)
-                self.tensor_modes[ti] = ("cat", d) if d is not None else "whole"
-        t = len(parts)
+            for name, ti in e["params"]:
+                if len(base["tensors"][ti]["shape"]) == 2:
+                    self._weight_shapes.setdefault(int(e["index"]), tuple(base["tensors"][ti]["shape"]))
+        self._weight_layout = weight_layout
+
+    def _gathered_tensors(self, base: dict) -> List[dict]:
+        """The manifest's tensor table with each sharded parameter at its gathered shape."""
         tensors = []
         for e in base["tensors"]:
             mode = self.tensor_modes.get(int(e["index"]), "whole")
             shape = list(e["shape"])
             if isinstance(mode, tuple):
-                shape[mode[1]] *= t
+                shape[mode[1]] *= len(self.parts)
             tensors.append(dict(e, shape=shape))
+        return tensors
+
+    def _gathered_layers(self, base: dict) -> List[dict]:
+        """The manifest's layer table with each tensor-parallel layer standing for its unsharded class."""
         layers = []
         for e in base["layers"]:
             lay = self.layouts.get(int(e["index"]))
             if lay:
                 e = dict(e, **{"class": _UNSHARDED_CLASS[lay[0]], "builtin": True,
-                               "repr": f"{e.get('repr', e['class'])} [{TITLES[lay[0]]}, {t} shards gathered]"})
+                               "repr": f"{e.get('repr', e['class'])} [{TITLES[lay[0]]}, {len(self.parts)} shards "
+                                       "gathered]"})
             layers.append(e)
+        return layers
+
+    def _notes(self, base: dict, label: str, overridden: List[str]) -> List[str]:
         counts = {}
         for layout, _ in self.layouts.values():
             counts[layout] = counts.get(layout, 0) + 1
@@ -474,15 +506,7 @@ class GatheredDump(Dump):
                         if counts else "no tensor-parallel layers were found (tp_layout declares them)") + ".")
         if overridden:
             notes.append("tp_layout gathered " + "; ".join(overridden) + ".")
-        manifest = dict(base, tensors=tensors, layers=layers, notes=notes)
-        super().__init__(f"{label} [{ranks_text(self.group)}]", manifest)
-        self.adapter = _GatheredAdapter(self)
-        self._weight_shapes = {}  # layer index -> the local shape of its 2-d weight
-        for e in base["layers"]:
-            for name, ti in e["params"]:
-                if len(base["tensors"][ti]["shape"]) == 2:
-                    self._weight_shapes.setdefault(int(e["index"]), tuple(base["tensors"][ti]["shape"]))
-        self._weight_layout = weight_layout
+        return notes
 
     # --- parameters ----------------------------------------------------------------------------
     def _param(self, tensor, get) -> Optional[TensorRecord]:

@@ -67,15 +67,10 @@ def dump(model, inputs, path, loss_fn=None, optimizer=None, steps=None, options=
     refuse_single_step(opts, recorded=False)
     ad = _check_arguments(model, loss_fn, optimizer, scheduler)
     caller = model
-    inner = ad.data_parallel_inner(model)
-    if inner is not None:  # recorded under the user's own model's name; called through the wrapper
-        model = inner
+    notes: List[str] = []
+    model = _unwrapped(ad, model, notes)
     mapping = layout_map(tp_layout)
     side = Side(ad, model, type(model).__name__, ad.name)
-    notes: List[str] = []
-    if inner is not None:
-        notes.append(f"The model was given inside {type(caller).__name__}: padiff called the wrapper and recorded "
-                     f"the {type(model).__name__} inside it.")
     layer_table = _layer_table(side, mapping)
     path, ranked = _rank_folder(path, ad, layer_table, tp_size, notes)
     opts = training_options(opts, loss_fn is not None, optimizer is not None, notes, dumped=True, auto_weights=False)
@@ -117,6 +112,17 @@ def _check_arguments(model, loss_fn, optimizer, scheduler):
             raise PadiffError(f"padiff.dump records one model: pass this model's own {what}, not a pair "
                               f"(got a {type(value).__name__} of {len(value)}).")
     return ad
+
+
+def _unwrapped(ad, model, notes: List[str]):
+    """The model inside a data-parallel wrapper (recorded under its own name, called through
+    the wrapper), else the model."""
+    inner = ad.data_parallel_inner(model)
+    if inner is None:
+        return model
+    notes.append(f"The model was given inside {type(model).__name__}: padiff called the wrapper and recorded "
+                 f"the {type(inner).__name__} inside it.")
+    return inner
 
 
 def _rank_folder(path: str, ad, layer_table, tp_size, notes: List[str]):
