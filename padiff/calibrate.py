@@ -19,15 +19,18 @@ dotted path without the root's name, parameters by their layer's path when names
 
 from __future__ import annotations
 
-import contextlib
-import io
-import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from .compare.metrics import CALIBRATION_K, UNIT_ROUNDOFF
 from .errors import PadiffError
 from .frameworks import adapter_for
+from .options import build_options
+from .report.run import Printer
+from .run.live import prepare_live
+from .run.prepare import check_callables, pair_of
+from .run.train import clear_grads
+from .side import make_sides
 
 STAGES = ("forward", "loss", "backward", "grad")
 
@@ -140,6 +143,21 @@ def _cast_inputs(ad, value, dtype: str):
     return value
 
 
+def _run_copies(reference, same, inputs, loss_pair):
+    """One step of the two copies, compared as ``auto_diff`` compares two models (without
+    copying weights: they are the same), unprinted; (the step's findings, the run's notes)."""
+    opts = build_options(None, auto_weights=False)
+    sides, ref_i = make_sides(reference, same)
+    loss_fns = pair_of(loss_pair, "loss_fn")
+    check_callables(sides, loss_fns, None, None)
+    live, notes = prepare_live(sides, ref_i, inputs, loss_fns, None, None, opts, None, Printer(quiet=True))
+    try:
+        return live.step(0), notes
+    finally:
+        for side in sides:
+            clear_grads(side)
+
+
 def calibrate(model, inputs, *, dtype: str = "float64", loss_fn=None, k: float = CALIBRATION_K) -> Calibration:
     """Measure the rounding noise of ``model`` at every layer: the difference between the model
     in its own precision and a copy in ``dtype``, on ``inputs`` (the model's input: a dict of
@@ -158,16 +176,12 @@ def calibrate(model, inputs, *, dtype: str = "float64", loss_fn=None, k: float =
             raise PadiffError("loss_fn must be a function, or a pair [for the copy in dtype, for the model].")
     loss_pair = None if loss_fn is None else list(loss_fn) if not callable(loss_fn) else [loss_fn, loss_fn]
 
-    from .auto_diff import auto_diff  # local: auto_diff imports the options that carry a Calibration
-
     reference = ad.copy_layer(model, dtype)
     same = ad.copy_layer(model)
-    with tempfile.TemporaryDirectory() as log_dir, contextlib.redirect_stdout(io.StringIO()):
-        result = auto_diff(reference, same, (_cast_inputs(ad, inputs, dtype), inputs), loss_fn=loss_pair,
-                           auto_weights=False, options={"log_dir": log_dir})
+    step, notes = _run_copies(reference, same, (_cast_inputs(ad, inputs, dtype), inputs), loss_pair)
     noise: Dict[Tuple[str, str], LayerNoise] = {}
-    notes = [f"Note: {n}" for n in result.notes]
-    for f in result.steps[0].all_findings() if result.steps else []:
+    notes = [f"Note: {n}" for n in notes]
+    for f in step.all_findings():
         d = f.diff
         if f.stage not in STAGES or d.problem is not None or not d.numel:
             if d.problem is not None:

@@ -453,7 +453,7 @@ def test_compare_takes_opened_dumps_and_pairs_weights_on_shapes(tmp_path):
     by_path = compare_dumps(tmp_path / "p", tmp_path / "t")
     opened = compare_dumps(load_dump(tmp_path / "p"), load_dump(tmp_path / "t"))
     assert by_path and opened and _tail(by_path.report, "[AutoDiff] =====") == _tail(opened.report, "[AutoDiff] =====")
-    values = sys.modules["padiff.dump.compare"]._shape_values(load_dump(tmp_path / "t"))
+    values = sys.modules["padiff.dump.offline"].shape_values(load_dump(tmp_path / "t"))
     shared = {id(v.base) for v in values.values()}
     largest = max(v.nbytes for v in values.values())
     assert len(shared) == 1 and next(iter(values.values())).base.nbytes == largest  # one buffer, the largest tensor

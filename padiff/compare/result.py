@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional
 
+from ..errors import PadiffInternalError
 from .metrics import TensorDiff
 
 STAGE_TITLES = {
@@ -17,6 +19,19 @@ STAGE_TITLES = {
     "weight": "Weights After Optimizer Step",
     "lr": "Learning Rate",
 }
+
+
+class Cause(enum.Enum):
+    """What padiff concludes a difference means, as data: code and renderers branch on it, never
+    on the sentence (``Finding.cause``) that says it to the user."""
+
+    BUFFER_UPDATE = "buffer_update"  # a buffer the forward updates (BatchNorm statistics), not a weight
+    OPTIMIZER = "optimizer"  # the weights differ after the step though the gradients agreed
+    FOLLOWS_BACKWARD = "follows_backward"  # the weights differ because the gradients already did
+    PARAMETER_GRADIENT = "parameter_gradient"  # a parameter's gradient differs: a backward difference
+    LOSS_FUNCTION = "loss_function"  # the losses differ while every layer output agreed
+    LEARNING_RATE = "learning_rate"  # the learning rates in force differ
+    INITIAL_WEIGHTS = "initial_weights"  # two dumps started from different weights
 
 
 @dataclass
@@ -35,7 +50,8 @@ class Finding:
     test_node: object = None
     ref_repr: str = ""  # layer reprs, for parameter findings
     test_repr: str = ""
-    cause: str = ""  # what padiff concludes the difference means ("optimizer", "backward", ...)
+    cause: str = ""  # what padiff concludes the difference means, in words for the user
+    cause_kind: Optional[Cause] = None  # the same as data
     # compare.nonfinite.NonFinite: where the NaN/Inf this finding's values hold first appeared
     nonfinite: tuple = ()
 
@@ -43,19 +59,39 @@ class Finding:
     def passed(self) -> bool:
         return self.diff.passed
 
-    def __repr__(self) -> str:
-        from ..report.console import short_figures  # renderers: imported when shown
+    def explain(self, kind: Cause, text: str) -> None:
+        """Say what the difference means: ``kind`` for code, ``text`` for the user."""
+        self.cause_kind = kind
+        self.cause = text
 
+    def __repr__(self) -> str:
         return (f"Finding({'passed' if self.passed else 'FAILED'}, stage={self.stage!r}, step={self.step}, "
                 f"what={self.what!r}, ref={self.ref_path!r} ({self.ref_type}), test={self.test_path!r} "
-                f"({self.test_type}), {short_figures(self.diff)})")
+                f"({self.test_type}), {_view('short_figures')(self.diff)})")
 
     def __str__(self) -> str:
         """A few lines: stage, both paths, the key figures, the cause. The whole report is in
         ``AlignResult.report``, the logs and the HTML."""
-        from ..report.console import finding_lines
+        return "\n".join(_view("finding_lines")(self))
 
-        return "\n".join(finding_lines(self))
+
+# How results show themselves (``str``, ``repr``, a notebook's HTML) is the report package's:
+# its renderers register here when imported (padiff's __init__ imports them), so that this data
+# module never imports a renderer.
+_VIEWS: Dict[str, Callable] = {}
+
+
+def register_view(name: str, render: Callable) -> None:
+    """Called by the report package: ``short_figures(diff)``, ``finding_lines(finding, ref, test,
+    origin)``, ``notebook_html(result)``."""
+    _VIEWS[name] = render
+
+
+def _view(name: str) -> Callable:
+    try:
+        return _VIEWS[name]
+    except KeyError:
+        raise PadiffInternalError(f"no renderer registered for {name!r}: padiff.report was not imported") from None
 
 
 @dataclass
@@ -161,15 +197,11 @@ class AlignResult(Verdict):
             return f"ALIGNED: {ref} (reference) vs {test}, {n} step{'s' if n != 1 else ''} compared"
         if self.first is None:
             return f"NOT ALIGNED: {ref} (reference) vs {test}"
-        from ..report.console import finding_lines
-
         return "\n".join([f"NOT ALIGNED: {ref} (reference) vs {test}"]
-                         + finding_lines(self.first, ref, test, origin=self.likely_origin))
+                         + _view("finding_lines")(self.first, ref, test, origin=self.likely_origin))
 
     def _repr_html_(self) -> str:
         """A notebook shows the result as its HTML report (the same as ``report="html"``), or
         as the text report in a <pre> block where Jinja2 is not installed."""
-        from ..report.html import notebook_html  # a renderer: imported only when shown
-
-        return notebook_html(self)
+        return _view("notebook_html")(self)
 

@@ -5,7 +5,8 @@ Distributed runs (one dump per rank, ranks paired, tensor-parallel shards gather
 from .compare import compare_dumps
 from .distributed import DistributedResult, RankedDump, RankResult
 from .format import FORMAT, VERSION
-from .reader import Dump, load_dump
+from .load import load_dump
+from .reader import Dump
 from .writer import dump
 
 __all__ = ["dump", "compare_dumps", "load_dump", "Dump", "FORMAT", "VERSION", "RankedDump", "DistributedResult",

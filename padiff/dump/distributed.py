@@ -9,7 +9,7 @@ table marks each tensor-parallel layer with its layout (:func:`layer_layout`).
 **Reading.** A folder without a manifest of its own that holds ``rank<k>/`` dumps is a
 :class:`RankedDump`; each rank is read as an ordinary :class:`~padiff.dump.reader.Dump`.
 
-**Comparing** (:func:`compare_distributed`). Two runs of the same layout (world size and groups)
+**Comparing** (``ranked.py``, :func:`~padiff.dump.ranked.compare_distributed`). Two runs of the same layout (world size and groups)
 are compared rank by rank: rank k with rank k, shards with shards. Otherwise each side's
 tensor-parallel groups are gathered into one unsharded run each (:class:`GatheredDump`) and
 compared data-parallel replica by replica: so a tensor-parallel run is compared with a
@@ -36,13 +36,9 @@ shape of its counterpart in the other run tells (:func:`resolve_shards`).
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import difflib
 import fnmatch
-import io
 import json
-import multiprocessing
 import os
 import re
 import shutil
@@ -55,9 +51,8 @@ from ..compare.api_names import canonical
 from ..compare.result import STAGE_TITLES, Verdict
 from ..errors import PadiffError
 from ..record.trace import Node, TensorRecord, Trace
-from ..report.console import P
 from .format import FORMAT, MANIFEST, PARTIAL, partial_pid, pid_alive, read_manifest
-from .reader import Dump, DumpAdapter, LazyRecord, load_dump
+from .reader import Dump, DumpAdapter, LazyRecord, open_dump
 
 LAYOUTS = ("column", "row", "vocab")
 _LAYOUT_WORDS = {"column": "column", "col": "column", "colwise": "column", "column_parallel": "column",
@@ -201,7 +196,7 @@ def _degrees_text(degrees: dict) -> str:
     return ", ".join(shown) or "data-parallel 1"
 
 
-def _ranks_text(ranks: Sequence[int]) -> str:
+def ranks_text(ranks: Sequence[int]) -> str:
     ranks = sorted(ranks)
     if len(ranks) > 2 and ranks == list(range(ranks[0], ranks[-1] + 1)):
         return f"ranks {ranks[0]}-{ranks[-1]}"
@@ -310,7 +305,7 @@ class RankedDump:
         text = (f"{self.framework}, {self.world_size} ranks: {_degrees_text(self.degrees)}"
                 f"{', ' + self.backend if self.backend else ''}")
         if self.missing:
-            text += f"; {_ranks_text(self.missing)} not dumped"
+            text += f"; {ranks_text(self.missing)} not dumped"
         return text
 
     def __repr__(self) -> str:
@@ -331,7 +326,7 @@ def unsharded_classes(manifest: dict) -> dict:
 
 def open_rank(path: str) -> Dump:
     """One rank's dump, its tensor-parallel layers standing for their unsharded classes."""
-    d = load_dump(path)
+    d = open_dump(path)
     return Dump(d.path, unsharded_classes(d.manifest))
 
 
@@ -418,6 +413,39 @@ class _GatheredAdapter(DumpAdapter):
         return self.dump.initial(tensor).array
 
 
+def _layer_layouts(base: dict, mapping) -> Tuple[Dict[int, Tuple[str, str]], List[str]]:
+    """layer index -> (layout, where it was found) for a dump's tensor-parallel layers, the
+    user's ``tp_layout`` over what the dump recorded; and the layouts it overrode, in words."""
+    root = base["model"]["name"]
+    layouts: Dict[int, Tuple[str, str]] = {}
+    overridden = []
+    for e in base["layers"]:
+        found = (e["tp"]["layout"], e["tp"]["from"]) if e.get("tp") else None
+        hit = match_layout(mapping, e["path"], root) if mapping else None
+        if hit is not None:
+            if found and found[0] != hit[1]:
+                overridden.append(f"`{e['path']}` ({TITLES.get(found[0])} by its {found[1]}) as "
+                                  f"{TITLES.get(hit[1], 'not sharded')}")
+            found = (hit[1], f"tp_layout[{hit[0]!r}]") if hit[1] else None
+        if found:
+            layouts[int(e["index"])] = found
+    return layouts, overridden
+
+
+def _tensor_modes(base: dict, layouts, weight_layout) -> Dict[int, object]:
+    """Every parameter's gather mode (``("cat", dim)`` or "whole"), from the layout of the
+    layer that owns it."""
+    modes: Dict[int, object] = {}
+    for e in base["layers"]:
+        layout = layouts.get(int(e["index"]), (None,))[0]
+        for _, ti in e["params"]:
+            if ti in modes:
+                continue
+            d = shard_dim(layout, len(base["tensors"][ti]["shape"]), weight_layout)
+            modes[ti] = ("cat", d) if d is not None else "whole"
+    return modes
+
+
 class GatheredDump(Dump):
     """The ranks of one tensor-parallel group, seen as one unsharded run: parameters gathered by
     their layer's layout, every recorded value made from the ranks' values (:class:`GatheredRecord`).
@@ -428,59 +456,15 @@ class GatheredDump(Dump):
         self.parts = parts
         self.group = list(ranks)
         base = parts[0].manifest
-        mapping = layout_map(tp_layout)
-        root = base["model"]["name"]
         weight_layout = base.get("linear_weight_layout")
-        self.layouts: Dict[int, Tuple[str, str]] = {}  # layer index -> (layout, where it was found)
-        overridden = []
-        for e in base["layers"]:
-            found = (e["tp"]["layout"], e["tp"]["from"]) if e.get("tp") else None
-            hit = match_layout(mapping, e["path"], root) if mapping else None
-            if hit is not None:
-                if found and found[0] != hit[1]:
-                    overridden.append(f"`{e['path']}` ({TITLES.get(found[0])} by its {found[1]}) as "
-                                      f"{TITLES.get(hit[1], 'not sharded')}")
-                found = (hit[1], f"tp_layout[{hit[0]!r}]") if hit[1] else None
-            if found:
-                self.layouts[int(e["index"])] = found
+        self.layouts, overridden = _layer_layouts(base, layout_map(tp_layout))
         if self.layouts and weight_layout is None:
             raise PadiffError(f"`{parts[0].path}` was made by an older padiff that did not record how its framework "
                               "stores Linear weights: dump it again to gather its tensor-parallel shards.")
-        # every parameter's gather mode, from the layout of the layer that owns it
-        self.tensor_modes: Dict[int, object] = {}
-        for e in base["layers"]:
-            layout = self.layouts.get(int(e["index"]), (None,))[0]
-            for _, ti in e["params"]:
-                if ti in self.tensor_modes:
-                    continue
-                d = shard_dim(layout, len(base["tensors"][ti]["shape"]), weight_layout)
-                self.tensor_modes[ti] = ("cat", d) if d is not None else "whole"
-        t = len(parts)
-        tensors = []
-        for e in base["tensors"]:
-            mode = self.tensor_modes.get(int(e["index"]), "whole")
-            shape = list(e["shape"])
-            if isinstance(mode, tuple):
-                shape[mode[1]] *= t
-            tensors.append(dict(e, shape=shape))
-        layers = []
-        for e in base["layers"]:
-            lay = self.layouts.get(int(e["index"]))
-            if lay:
-                e = dict(e, **{"class": _UNSHARDED_CLASS[lay[0]], "builtin": True,
-                               "repr": f"{e.get('repr', e['class'])} [{TITLES[lay[0]]}, {t} shards gathered]"})
-            layers.append(e)
-        counts = {}
-        for layout, _ in self.layouts.values():
-            counts[layout] = counts.get(layout, 0) + 1
-        notes = list(base.get("notes", []))
-        notes.append(f"{_ranks_text(self.group)} of `{label}` ran tensor-parallel; their shards were gathered: "
-                     + (", ".join(f"{n} {TITLES[k]}" for k, n in counts.items()) + " layer(s)"
-                        if counts else "no tensor-parallel layers were found (tp_layout declares them)") + ".")
-        if overridden:
-            notes.append("tp_layout gathered " + "; ".join(overridden) + ".")
-        manifest = dict(base, tensors=tensors, layers=layers, notes=notes)
-        super().__init__(f"{label} [{_ranks_text(self.group)}]", manifest)
+        self.tensor_modes = _tensor_modes(base, self.layouts, weight_layout)
+        manifest = dict(base, tensors=self._gathered_tensors(base), layers=self._gathered_layers(base),
+                        notes=self._notes(base, label, overridden))
+        super().__init__(f"{label} [{ranks_text(self.group)}]", manifest)
         self.adapter = _GatheredAdapter(self)
         self._weight_shapes = {}  # layer index -> the local shape of its 2-d weight
         for e in base["layers"]:
@@ -488,6 +472,41 @@ class GatheredDump(Dump):
                 if len(base["tensors"][ti]["shape"]) == 2:
                     self._weight_shapes.setdefault(int(e["index"]), tuple(base["tensors"][ti]["shape"]))
         self._weight_layout = weight_layout
+
+    def _gathered_tensors(self, base: dict) -> List[dict]:
+        """The manifest's tensor table with each sharded parameter at its gathered shape."""
+        tensors = []
+        for e in base["tensors"]:
+            mode = self.tensor_modes.get(int(e["index"]), "whole")
+            shape = list(e["shape"])
+            if isinstance(mode, tuple):
+                shape[mode[1]] *= len(self.parts)
+            tensors.append(dict(e, shape=shape))
+        return tensors
+
+    def _gathered_layers(self, base: dict) -> List[dict]:
+        """The manifest's layer table with each tensor-parallel layer standing for its unsharded class."""
+        layers = []
+        for e in base["layers"]:
+            lay = self.layouts.get(int(e["index"]))
+            if lay:
+                e = dict(e, **{"class": _UNSHARDED_CLASS[lay[0]], "builtin": True,
+                               "repr": f"{e.get('repr', e['class'])} [{TITLES[lay[0]]}, {len(self.parts)} shards "
+                                       "gathered]"})
+            layers.append(e)
+        return layers
+
+    def _notes(self, base: dict, label: str, overridden: List[str]) -> List[str]:
+        counts = {}
+        for layout, _ in self.layouts.values():
+            counts[layout] = counts.get(layout, 0) + 1
+        notes = list(base.get("notes", []))
+        notes.append(f"{ranks_text(self.group)} of `{label}` ran tensor-parallel; their shards were gathered: "
+                     + (", ".join(f"{n} {TITLES[k]}" for k, n in counts.items()) + " layer(s)"
+                        if counts else "no tensor-parallel layers were found (tp_layout declares them)") + ".")
+        if overridden:
+            notes.append("tp_layout gathered " + "; ".join(overridden) + ".")
+        return notes
 
     # --- parameters ----------------------------------------------------------------------------
     def _param(self, tensor, get) -> Optional[TensorRecord]:
@@ -742,21 +761,7 @@ def resolve_shards(ref: Trace, test: Trace, pair) -> List[str]:
             "have no counterpart of a shape that tells how they are sharded: they are not compared."]
 
 
-# --- comparing two distributed runs ----------------------------------------------------------------------
-
-@dataclass
-class Unit:
-    """One pair of runs to compare: each side a single dump, one rank, or a gathered group."""
-
-    label: str
-    a: tuple  # ("single", path) | ("rank", path, k) | ("gather", path, [ranks])
-    b: tuple
-    folder: str = ""  # of its log files and report, in the log folder: rank1, ranks0-1, replica0
-
-    def ranks(self, side: int) -> List[int]:
-        spec = (self.a, self.b)[side]
-        return [] if spec[0] == "single" else [spec[2]] if spec[0] == "rank" else list(spec[2])
-
+# --- the results of comparing two distributed runs (compared in ranked.py) ----------------------------
 
 @dataclass(eq=False)
 class RankResult:
@@ -777,6 +782,7 @@ class RankResult:
     log_dir: str = ""
     # the AlignResult, for one pair compared in this process: the first to diverge, else the first
     result: object = None
+    by_rank: bool = True  # a rank (or one rank's gathered group), not a data-parallel replica
 
     def __bool__(self) -> bool:
         return self.passed
@@ -805,234 +811,3 @@ class DistributedResult(Verdict):
             return f"DistributedResult(passed=True, pairs={len(self.ranks)})"
         return (f"DistributedResult(passed=False, first={self.first.label!r}, stage={self.first.stage!r}, "
                 f"at={self.first.test_path!r})")
-
-
-def plan_units(a, b, rank=None) -> Tuple[List[Unit], str, List[str]]:
-    """The pairs to compare, a sentence saying so, and notes."""
-    notes: List[str] = []
-    if rank is not None and rank != "all" and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 0):
-        raise PadiffError(f"rank must be a rank number or 'all', got {rank!r}.")
-    if isinstance(a, RankedDump) and isinstance(b, RankedDump):
-        for d in (a, b):
-            if d.missing:
-                notes.append(f"`{d.path}`: {_ranks_text(d.missing)} of {d.world_size} were not dumped.")
-        common = sorted(set(a.ranks) & set(b.ranks))
-        if a.world_size == b.world_size and common and all(
-                a.ranks[k].run.get("groups") == b.ranks[k].run.get("groups") for k in common):
-            if rank not in (None, "all"):
-                if rank not in common:
-                    raise PadiffError(f"rank={rank}: both dumps hold {_ranks_text(common)}.")
-                common = [rank]
-            units = [Unit(f"rank {k}", ("rank", a.ranks[k].path, k), ("rank", b.ranks[k].path, k), f"rank{k}")
-                     for k in common]
-            return units, ("Both ran the same layout: each rank is compared with the same rank of the other run, "
-                           "shard with shard."), notes
-        if a.pp > 1 or b.pp > 1:
-            raise PadiffError(
-                f"`{(a if a.pp > 1 else b).path}` ran pipeline-parallel ({(a if a.pp > 1 else b).pp} stages): each rank "
-                "holds one stage's layers, so padiff compares such runs only rank by rank, with another run of the "
-                "same layout.")
-        ra, rb = a.replicas(), b.replicas()
-        n = min(len(ra), len(rb))
-        if len(ra) != len(rb):
-            notes.append(f"`{a.path}` holds {len(ra)} model replica(s) (data-parallel) and `{b.path}` {len(rb)}: the "
-                         f"first {n} are compared.")
-        idx = list(range(n))
-        if rank not in (None, "all"):
-            idx = [i for i in idx if rank in ra[i]] or [i for i in idx if rank in rb[i]]
-            if not idx:
-                raise PadiffError(f"rank={rank} is in no compared replica.")
-        if a.tp == b.tp and a.tp > 1:  # the same shards: compared shard by shard, nothing gathered
-            units = [Unit(f"replica {i} tp rank {j} ({_ranks_text([ra[i][j]])} / {_ranks_text([rb[i][j]])})",
-                          ("rank", a.ranks[ra[i][j]].path, ra[i][j]), ("rank", b.ranks[rb[i][j]].path, rb[i][j]),
-                          f"replica{i}_tp{j}") for i in idx for j in range(a.tp)]
-            return units, (f"The two runs used different layouts with the same tensor-parallel degree ({a.tp}): "
-                           "data-parallel replica i of one run is compared with replica i of the other, shard by "
-                           "shard (tensor-parallel rank j with rank j)."), notes
-        units = [Unit(_replica_label(i, ra[i], rb[i]), _spec(a, ra[i]), _spec(b, rb[i]), f"replica{i}") for i in idx]
-        return units, ("The two runs used different layouts: each run's tensor-parallel group is gathered into one "
-                       "unsharded model, and data-parallel replica i of one run is compared with replica i of the "
-                       "other."), notes
-    single, dist = (a, b) if isinstance(b, RankedDump) else (b, a)
-    if dist.missing:
-        notes.append(f"`{dist.path}`: {_ranks_text(dist.missing)} of {dist.world_size} were not dumped.")
-    if dist.pp > 1:
-        raise PadiffError(f"`{dist.path}` ran pipeline-parallel ({dist.pp} stages): each rank holds one stage's "
-                          "layers, so it cannot be compared with a single-process run.")
-    replicas = dist.replicas()
-    if rank == "all":
-        chosen = replicas
-    else:
-        k = 0 if rank is None else rank
-        chosen = [g for g in replicas if k in g]
-        if not chosen:
-            raise PadiffError(f"rank={k}: `{dist.path}` holds {_ranks_text(sorted(dist.ranks))}.")
-    units = []
-    for g in chosen:
-        spec = _spec(dist, g)
-        label = f"rank {g[0]}" if len(g) == 1 else _ranks_text(g) + " gathered"
-        units.append(Unit(label, ("single", _path_of(single)) if single is a else spec,
-                          spec if single is a else ("single", _path_of(single)),
-                          f"rank{g[0]}" if len(g) == 1 else f"ranks{g[0]}-{g[-1]}"))
-    what = ("every rank" if rank == "all" else f"rank {0 if rank is None else rank}")
-    if dist.tp > 1:
-        what += "'s tensor-parallel group, gathered into one unsharded model" if rank != "all" else \
-            " (each tensor-parallel group gathered into one unsharded model)"
-    return units, (f"`{_path_of(single)}` is a single-process run: it is compared with {what} of `{dist.path}`"
-                   + ("" if rank is not None else " (rank=... chooses another rank, rank='all' every one)") + "."), notes
-
-
-def _path_of(d) -> str:
-    return d.path if isinstance(d, (Dump, RankedDump)) else os.fspath(d)
-
-
-def _spec(d: RankedDump, group: List[int]) -> tuple:
-    missing = [k for k in group if k not in d.ranks]
-    if missing:
-        raise PadiffError(f"`{d.path}`: {_ranks_text(missing)} of the tensor-parallel group {group} were not dumped, "
-                          "so the group's shards cannot be gathered. Dump every rank of the group.")
-    return ("rank", d.ranks[group[0]].path, group[0]) if len(group) == 1 else ("gather", d.path, list(group))
-
-
-def _replica_label(i: int, ga: List[int], gb: List[int]) -> str:
-    return f"replica {i} ({_ranks_text(ga)} / {_ranks_text(gb)})"
-
-
-def _open(spec: tuple, tp_layout) -> Dump:
-    if spec[0] == "single":
-        return load_dump(spec[1])
-    if spec[0] == "rank":
-        return open_rank(spec[1])
-    _, path, ranks = spec
-    parts = [open_rank(os.path.join(path, f"rank{k}")) for k in ranks]
-    gathered = GatheredDump(parts, path, ranks, tp_layout)
-    gathered.check_layouts()
-    return gathered
-
-
-def _first_order(result) -> Optional[Tuple[int, int]]:
-    for s in result.steps:
-        for i, f in enumerate(s.all_findings()):
-            if f is result.first:
-                return s.step, i
-    return (len(result.steps), 0) if result.first is not None else None
-
-
-def _where(f) -> str:
-    d = f.diff
-    figure = (f"relative L2 error {d.rel_l2:.3g}" if d.problem is None else
-              {"shape": f"shapes {list(d.shape_b)} vs {list(d.shape_a)}"}.get(d.problem, d.problem))
-    test = f"`{f.test_path}`" + (f" ({f.test_type})" if f.test_type else "")
-    ref = f"`{f.ref_path}`" + (f" ({f.ref_type})" if f.ref_type else "")
-    return f"{STAGE_TITLES.get(f.stage, f.stage)} of step {f.step}: {f.what} at {test} vs {ref}, {figure}"
-
-
-def _compare_unit(unit: Unit, options, kwargs, tp_layout, log_dir: str, keep: bool) -> RankResult:
-    from .compare import compare_dumps
-
-    unit_dir = os.path.join(log_dir, unit.folder or re.sub(r"[^A-Za-z0-9_.-]+", "_", unit.label).strip("_"))
-    da, db = _open(unit.a, tp_layout), _open(unit.b, tp_layout)
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        result = compare_dumps(da, db, options, **dict(kwargs, log_dir=unit_dir))
-    os.makedirs(unit_dir, exist_ok=True)
-    with open(os.path.join(unit_dir, "report.txt"), "w", encoding="utf-8") as fh:
-        fh.write(result.report + "\n")
-    out = RankResult(unit.label, unit.ranks(0), unit.ranks(1), bool(result.passed), report=result.report,
-                     log_dir=unit_dir, result=result if keep else None)
-    f = result.first
-    if f is not None:
-        out.stage, out.step, out.order = f.stage, f.step, _first_order(result)
-        out.ref_path, out.test_path, out.where = f.ref_path, f.test_path, _where(f)
-    return out
-
-
-def _unit_worker(args) -> Tuple[Optional[RankResult], Optional[str]]:
-    """A worker process's task: compare one pair; a PadiffError comes back as its message."""
-    unit, options, kwargs, tp_layout, log_dir = args
-    try:
-        return _compare_unit(unit, options, kwargs, tp_layout, log_dir, keep=False), None
-    except PadiffError as exc:
-        return None, str(exc)
-
-
-def compare_distributed(path_a, path_b, options=None, *, rank=None, jobs: int = 1, tp_layout=None,
-                        **kwargs) -> DistributedResult:
-    """Compare two dumps of which at least one is distributed (see the module's docstring);
-    print the per-rank report and return a :class:`DistributedResult`."""
-    from ..options import build_options
-
-    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
-        raise PadiffError(f"jobs must be a positive whole number, got {jobs!r}.")
-    layout_map(tp_layout)  # checked before any work
-    opts = build_options(options, **kwargs)
-    sides = [p if isinstance(p, (RankedDump, Dump)) else (RankedDump(p) if is_distributed(p) else load_dump(p))
-             for p in (path_a, path_b)]
-    units, heading, notes = plan_units(*sides, rank=rank)
-    lines: List[str] = []
-
-    def out(*text):
-        for t in text:
-            lines.append(t)
-            print(t)
-
-    desc = [f"`{s.path}` ({s.describe()})" if isinstance(s, RankedDump) else
-            f"`{s.path}` ({s.framework} {s.model_class}, single process)" for s in sides]
-    out(f"{P} Distributed dumps: {desc[0]} and {desc[1]}.", f"{P} {heading}")
-    workers = min(jobs, len(units))
-    out(f"{P} {len(units)} pair(s) to compare, " + ("one at a time." if workers == 1 else
-                                                       f"in {workers} worker processes, one pair each at a time."))
-    for n in notes:
-        out(f"{P} NOTE: {n}")
-    results: List[RankResult] = []
-    if workers == 1:
-        kept = None  # one AlignResult is kept: the first pair to diverge (else the first pair)
-        for u in units:
-            try:
-                r = _compare_unit(u, options, kwargs, tp_layout, opts.log_dir, keep=True)
-            except PadiffError as exc:
-                raise PadiffError(f"{u.label}: {exc}") from None
-            if kept is None or (not r.passed and (kept.passed or r.order < kept.order)):
-                if kept is not None:
-                    kept.result = None
-                kept = r
-            else:
-                r.result = None
-            results.append(r)
-    else:
-        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no framework, no forked threads
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            answers = list(pool.map(_unit_worker, [(u, options, kwargs, tp_layout, opts.log_dir) for u in units]))
-        for u, (r, error) in zip(units, answers):
-            if error is not None:
-                raise PadiffError(f"{u.label}: {error}")
-            results.append(r)
-    failed = [r for r in results if not r.passed]
-    first = min(failed, key=lambda r: r.order) if failed else None
-    dp_run = any(isinstance(s, RankedDump) and int(s.degrees.get("dp", 1)) > 1 for s in sides)
-    for r in failed:
-        if r is not first and dp_run and r.stage in ("grad", "weight") and r.order > first.order:
-            r.cause = (f"its forward and backward agree; {first.label}'s difference reaches its parameters through "
-                       "the data-parallel gradient all-reduce")
-    if first is not None:
-        out("", f"{P} ===== {first.label}: the first to diverge; its report: =====", *first.report.splitlines(),
-            f"{P} ===== end of the report of {first.label} =====", "")
-    out(f"{P} Per rank:" if all(r.label.startswith("rank") for r in results) else f"{P} Per pair:")
-    width = max(len(r.label) for r in results) if results else 0
-    for r in results:
-        text = "aligned" if r.passed else f"NOT ALIGNED  {r.where}"
-        if r is first and len(failed) > 1:
-            text += "  <-- diverged first"
-        if r.cause:
-            text += f" ({r.cause})"
-        out(f"{P}     {r.label:<{width}}  {text}")
-    agree = [r.label for r in results if r.passed]
-    if first is None:
-        out(f"{P} Every compared rank agrees ({len(results)} pair(s)).")
-    else:
-        out(f"{P} Agree: {', '.join(agree) if agree else 'none'}. Diverged first: {first.label}, at "
-            f"`{first.test_path}` ({STAGE_TITLES.get(first.stage, first.stage)} of step {first.step}).")
-    files = [os.path.join(r.log_dir, "report.txt") for r in results]
-    out(f"{P} Each pair's report: " + ", ".join(files[:4]) + (f", ... ({len(files)} in all)" if len(files) > 4 else ""))
-    out(f"{P} SUCCESS !!!" if first is None else f"{P} FAILED !!!")
-    return DistributedResult(first is None, results, first, heading, notes, "\n".join(lines), files)

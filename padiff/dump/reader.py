@@ -317,15 +317,11 @@ class Dump:
         return trace
 
 
-def load_dump(path) -> Dump:
-    """Open the dump at ``path`` (made by ``padiff.dump``). Refuses, with a PadiffError, a dump
-    that is missing, unfinished, interrupted, of another format or damaged. A distributed dump
-    (a folder of ``rank<k>`` dumps) opens as a :class:`~padiff.dump.distributed.RankedDump`."""
+def open_dump(path) -> Dump:
+    """Open the single dump at ``path`` (made by ``padiff.dump``). Refuses, with a PadiffError, a
+    dump that is missing, unfinished, interrupted, of another format or damaged. A distributed
+    dump (a folder of ``rank<k>`` dumps) is opened by ``padiff.dump.load_dump``."""
     path = os.fspath(path)
-    from .distributed import RankedDump, is_distributed
-
-    if is_distributed(path):
-        return RankedDump(path)
     manifest = read_manifest(path)
     missing = [f for f in dict.fromkeys(manifest_files(manifest)) if not os.path.isfile(os.path.join(path, f))]
     if missing:

@@ -1,7 +1,7 @@
 """``padiff.dump``: record one model's run into a folder, for comparing in another process.
 
-The recording is auto_diff's own (``run_side``: forward, loss, backward, through the
-model's framework adapter); this module only writes what it records. Each array goes to its
+The recording is auto_diff's own (``padiff.run``'s ``run_side``: forward, loss, backward,
+through the model's framework adapter); this module only writes what it records. Each array goes to its
 ``.npy`` file as it is recorded (``_ArrayFiles``, run_side's ``spill``), straight from the
 tensor's memory where the framework shows it, and the run holds a placeholder instead of the
 array: a dump's memory does not grow with the model. When the framework leaves a CPU core
@@ -21,22 +21,23 @@ import platform
 import shutil
 import sys
 import threading
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..auto_diff import (_clear_grads, _learning_rates, _random_layers, _step_optimizer, _step_scheduler,
-                         make_call, run_side)
 from ..compare.overlap import wants_overlap
 from ..errors import PadiffError, PadiffInternalError
 from ..frameworks import adapter_for
 from ..options import build_options
 from ..record.trace import TensorRecord, Trace
 from ..report.console import P
+from ..run.prepare import make_call, random_layer_note, refuse_single_step, training_options
+from ..run.record import run_side
+from ..run.train import clear_grads, train_step
 from ..side import Side
 from ..structure import flatten
-from . import distributed
+from .distributed import describe_run, layer_layout, layout_map, prepare_folder, run_entry
 from .format import FORMAT, MANIFEST, VERSION, partial_path, partial_pid, partials_of, pid_alive
 
 
@@ -63,95 +64,30 @@ def dump(model, inputs, path, loss_fn=None, optimizer=None, steps=None, options=
     if steps is not None:
         kwargs["steps"] = steps
     opts = build_options(options, **kwargs)
-    if opts.single_step:
-        raise PadiffError(
-            "single_step runs the tested model's layers on the reference model's inputs, so it needs both "
-            "models in one process: use padiff.auto_diff for it, and dump without single_step.")
-    ad = adapter_for(model, "model")
-    if not ad.is_layer(model):
-        raise PadiffError(f"padiff.dump takes a model (torch.nn.Module or paddle.nn.Layer), got a "
-                          f"{type(model).__name__}.")
-    for value, what in ((loss_fn, "loss_fn"), (optimizer, "optimizer"), (scheduler, "scheduler")):
-        if isinstance(value, (list, tuple)):
-            raise PadiffError(f"padiff.dump records one model: pass this model's own {what}, not a pair "
-                              f"(got a {type(value).__name__} of {len(value)}).")
+    refuse_single_step(opts, recorded=False)
+    ad = _check_arguments(model, loss_fn, optimizer, scheduler)
     caller = model
-    inner = ad.data_parallel_inner(model)
-    if inner is not None:  # recorded under the user's own model's name; called through the wrapper
-        model = inner
-    mapping = distributed.layout_map(tp_layout)
-    side = Side(ad, model, type(model).__name__, ad.name)
     notes: List[str] = []
-    if inner is not None:
-        notes.append(f"The model was given inside {type(caller).__name__}: padiff called the wrapper and recorded "
-                     f"the {type(model).__name__} inside it.")
+    model = _unwrapped(ad, model, notes)
+    mapping = layout_map(tp_layout)
+    side = Side(ad, model, type(model).__name__, ad.name)
     layer_table = _layer_table(side, mapping)
-    info = ad.distributed_info()
-    ranked = None  # the manifest's "distributed" entry
-    if info is not None:
-        tp_layers = sum(1 for e in layer_table[0] if e.get("tp"))
-        ranked = distributed.run_entry(info, tp_size, tp_layers, notes)
-        distributed.prepare_folder(path, ranked["rank"], ranked["world_size"])
-        path = os.path.join(path, f"rank{ranked['rank']}")
-    elif tp_size is not None:
-        notes.append(f"tp_size={tp_size} was ignored: this process is not part of a distributed run.")
-    if opts.steps > 1 and optimizer is None:
-        notes.append(f"steps={opts.steps} without an optimizer would repeat the same step: padiff dumped 1 step. "
-                     "Pass optimizer=... to train several steps.")
-    opts = replace(opts, use_loss=loss_fn is not None, use_opt=optimizer is not None,
-                   steps=opts.steps if optimizer is not None else 1, auto_weights=False)
+    path, ranked = _rank_folder(path, ad, layer_table, tp_size, notes)
+    opts = training_options(opts, loss_fn is not None, optimizer is not None, notes, dumped=True, auto_weights=False)
     _check_target(path)
     call = make_call(Side(ad, caller, side.name, side.label), inputs, notes, grad_inputs=opts.check_backward)
-    rnd = _random_layers(side)
-    if rnd:
-        notes.append(f"The {side.label} model is in train mode with random layers ({', '.join(rnd[:3])}"
-                     f"{', ...' if len(rnd) > 3 else ''}): their outputs cannot agree with another run. Call "
-                     ".eval() on the model, or set their drop probability to 0, before dumping.")
-
+    note = random_layer_note(side, dumped=True)
+    if note:
+        notes.append(note)
     # arrays are written as the model runs; by a worker thread when the framework leaves a CPU
     # core idle (as auto_diff compares while the model runs; the option overlap decides)
-    background = wants_overlap(opts.overlap, ad, model)
-    w = _Writer(path, background)
+    w = _Writer(path, wants_overlap(opts.overlap, ad, model))
     try:
         manifest = _header(side, opts, notes)
         if ranked is not None:
             manifest["distributed"] = ranked
         w.manifest(manifest, complete=False)
-        layers, tensors, tensor_objs, layer_index = layer_table
-        manifest["layers"] = layers
-        manifest["tensors"] = tensors
-        viewing = Side(_ViewingAdapter(ad), model, side.name, side.label)  # each array is written at once
-        manifest["inputs"] = [[i, w.record(rec, f"inputs/i{k}")] for k, (i, rec) in
-                              enumerate(_inputs(viewing, inputs))]
-        for t, entry in zip(tensor_objs, tensors):
-            entry["init"] = w.record(TensorRecord(viewing.adapter.to_numpy(t), ad.dtype_name(t), ad.shape(t)),
-                                     f"weights/t{entry['index']}")
-        need_loss = opts.check_backward or loss_fn is not None
-        params = [(str(e["index"]), t) for t, e in zip(tensor_objs, tensors) if e["is_param"]]
-        manifest["steps"] = []
-        for step in range(opts.steps):
-            _clear_grads(side)
-            files = w.files(f"steps/{step}")
-            run = run_side(viewing, call, opts=opts, loss_fn=loss_fn, need_loss=need_loss, param_paths=params,
-                           keep_inputs=False, spill=files)
-            files.check()
-            # the loss and the parameter gradients are views of the tensors (not kept by the
-            # spill): written now, before the optimizer step or the next run changes them
-            entry = _trace_json(run.trace, w, f"steps/{step}", layer_index)
-            entry["step"] = step
-            entry["grads"] = {k: w.record(r, f"steps/{step}/grad_t{k}") for k, r in run.grads.items()}
-            del run
-            w.forget()
-            if optimizer is not None:
-                entry["lr"] = _learning_rates(side, optimizer)
-                _step_optimizer(side, optimizer)
-                if scheduler is not None:
-                    _step_scheduler(side, scheduler)
-                entry["weights"] = {str(e["index"]): w.record(TensorRecord(viewing.adapter.to_numpy(t),
-                                                                           ad.dtype_name(t), ad.shape(t)),
-                                                              f"steps/{step}/w_t{e['index']}")
-                                    for t, e in zip(tensor_objs, tensors)}
-            manifest["steps"].append(entry)
+        _record(w, manifest, side, layer_table, inputs, call, opts, loss_fn, optimizer, scheduler)
         w.drain()  # every array in its file before the manifest says the dump is complete
         w.manifest(manifest, complete=True)
         w.commit()
@@ -160,14 +96,94 @@ def dump(model, inputs, path, loss_fn=None, optimizer=None, steps=None, options=
         raise
     finally:
         if optimizer is None:
-            _clear_grads(side)
-    calls = sum(len(s["nodes"]) for s in manifest["steps"])
-    where = f", {distributed.describe_run(ranked)}" if ranked is not None else ""
-    print(f"{P} Dumped {side.name} ({ad.name}{where}, {len(manifest['steps'])} step"
-          f"{'s' if len(manifest['steps']) != 1 else ''}, {calls} recorded calls) to `{path}`.")
-    for n in notes:
-        print(f"{P} NOTE: {n}")
+            clear_grads(side)
+    _say_dumped(side, manifest, ranked, path, notes)
     return path
+
+
+def _check_arguments(model, loss_fn, optimizer, scheduler):
+    """The model's adapter; a PadiffError for what is not one model and its own functions."""
+    ad = adapter_for(model, "model")
+    if not ad.is_layer(model):
+        raise PadiffError(f"padiff.dump takes a model (torch.nn.Module or paddle.nn.Layer), got a "
+                          f"{type(model).__name__}.")
+    for value, what in ((loss_fn, "loss_fn"), (optimizer, "optimizer"), (scheduler, "scheduler")):
+        if isinstance(value, (list, tuple)):
+            raise PadiffError(f"padiff.dump records one model: pass this model's own {what}, not a pair "
+                              f"(got a {type(value).__name__} of {len(value)}).")
+    return ad
+
+
+def _unwrapped(ad, model, notes: List[str]):
+    """The model inside a data-parallel wrapper (recorded under its own name, called through
+    the wrapper), else the model."""
+    inner = ad.data_parallel_inner(model)
+    if inner is None:
+        return model
+    notes.append(f"The model was given inside {type(model).__name__}: padiff called the wrapper and recorded "
+                 f"the {type(inner).__name__} inside it.")
+    return inner
+
+
+def _rank_folder(path: str, ad, layer_table, tp_size, notes: List[str]):
+    """(the folder this process writes, the manifest's "distributed" entry or None): inside a
+    distributed run each rank writes ``path/rank<k>``."""
+    info = ad.distributed_info()
+    if info is None:
+        if tp_size is not None:
+            notes.append(f"tp_size={tp_size} was ignored: this process is not part of a distributed run.")
+        return path, None
+    tp_layers = sum(1 for e in layer_table[0] if e.get("tp"))
+    ranked = run_entry(info, tp_size, tp_layers, notes)
+    prepare_folder(path, ranked["rank"], ranked["world_size"])
+    return os.path.join(path, f"rank{ranked['rank']}"), ranked
+
+
+def _record(w: "_Writer", manifest: dict, side: Side, layer_table, inputs, call, opts, loss_fn, optimizer,
+            scheduler) -> None:
+    """The inputs, the initial weights and every step, written and entered in ``manifest``."""
+    ad = side.adapter
+    layers, tensors, tensor_objs, layer_index = layer_table
+    manifest["layers"] = layers
+    manifest["tensors"] = tensors
+    viewing = Side(_ViewingAdapter(ad), side.model, side.name, side.label)  # each array is written at once
+    manifest["inputs"] = [[i, w.record(rec, f"inputs/i{k}")] for k, (i, rec) in
+                          enumerate(_inputs(viewing, inputs))]
+    for t, entry in zip(tensor_objs, tensors):
+        entry["init"] = w.record(TensorRecord(viewing.adapter.to_numpy(t), ad.dtype_name(t), ad.shape(t)),
+                                 f"weights/t{entry['index']}")
+    params = [(str(e["index"]), t) for t, e in zip(tensor_objs, tensors) if e["is_param"]]
+    manifest["steps"] = []
+    for step in range(opts.steps):
+        clear_grads(side)
+        files = w.files(f"steps/{step}")
+        run = run_side(viewing, call, opts=opts, loss_fn=loss_fn, need_loss=opts.check_backward or loss_fn is not None,
+                       param_paths=params, keep_inputs=False, spill=files)
+        files.check()
+        # the loss and the parameter gradients are views of the tensors (not kept by the
+        # spill): written now, before the optimizer step or the next run changes them
+        entry = _trace_json(run.trace, w, f"steps/{step}", layer_index)
+        entry["step"] = step
+        entry["grads"] = {k: w.record(r, f"steps/{step}/grad_t{k}") for k, r in run.grads.items()}
+        del run
+        w.forget()
+        if optimizer is not None:
+            entry["lr"] = train_step(side, optimizer, scheduler)
+            entry["weights"] = {str(e["index"]): w.record(TensorRecord(viewing.adapter.to_numpy(t),
+                                                                       ad.dtype_name(t), ad.shape(t)),
+                                                          f"steps/{step}/w_t{e['index']}")
+                                for t, e in zip(tensor_objs, tensors)}
+        manifest["steps"].append(entry)
+
+
+def _say_dumped(side: Side, manifest: dict, ranked, path: str, notes: List[str]) -> None:
+    calls = sum(len(s["nodes"]) for s in manifest["steps"])
+    where = f", {describe_run(ranked)}" if ranked is not None else ""
+    n = len(manifest["steps"])
+    print(f"{P} Dumped {side.name} ({side.adapter.name}{where}, {n} step{'s' if n != 1 else ''}, {calls} recorded "
+          f"calls) to `{path}`.")
+    for note in notes:
+        print(f"{P} NOTE: {note}")
 
 
 # --- the target folder ----------------------------------------------------------------------------
@@ -661,7 +677,7 @@ def _layer_table(side: Side, tp_layout=None):
                  "params": [[n, tensor(t, f"{path}.{n}", True)] for n, t in ad.own_params(layer)],
                  "buffers": [[n, tensor(t, f"{path}.{n}", False)] for n, t in ad.own_buffers(layer)],
                  "transient": sorted(ad.transient_buffers(layer))}
-        tp = distributed.layer_layout(ad, layer, path, side.name, tp_layout or {})
+        tp = layer_layout(ad, layer, path, side.name, tp_layout or {})
         if tp is not None:
             entry["tp"] = tp
         layers.append(entry)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence
 
-from ..compare.result import STAGE_TITLES, Finding, StepResult
+from ..compare.result import STAGE_TITLES, Finding, StepResult, register_view
 from ..errors import PadiffError
 from .tree import HERE, focus_nodes, trace_tree
 
@@ -259,3 +259,7 @@ def finding_lines(f: Finding, ref: str = "reference", test: str = "tested", orig
         o = origin.finding
         lines.append(f"  Likely origin: {o.what} of {o.ref_path} ({STAGE_TITLES.get(o.stage, o.stage)}, step {o.step})")
     return lines
+
+
+register_view("short_figures", short_figures)  # repr(finding)
+register_view("finding_lines", finding_lines)  # str(finding), str(result)

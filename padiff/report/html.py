@@ -26,9 +26,10 @@ from types import SimpleNamespace as NS
 from typing import Dict, List, Optional, Tuple
 from urllib.parse import quote
 
-from ..compare.result import STAGE_TITLES
+from ..compare.result import STAGE_TITLES, register_view
 from ..errors import PadiffError
 from . import tables
+from .console import ensure_log_dir
 from .tables import fmt_num, short_figure, source_frame, tolerance_use, type_note
 
 HTML_NAME = "padiff_report.html"
@@ -426,8 +427,6 @@ def write_html(result, path: str) -> str:
     """Write the HTML report to ``path`` (a file, or a folder to hold ``padiff_report.html``);
     returns the file's path. Raises PadiffError when Jinja2 is missing or the folder is not
     writable."""
-    from .console import ensure_log_dir
-
     text = render_html(result)
     if os.path.isdir(path):
         path = os.path.join(path, HTML_NAME)
@@ -443,3 +442,6 @@ def write_reports(result, log_dir: str) -> List[str]:
     html_path = write_html(result, os.path.join(log_dir, HTML_NAME))
     csv_path, json_path = tables.write_tables(result, log_dir)
     return [html_path, csv_path, json_path]
+
+
+register_view("notebook_html", notebook_html)  # an AlignResult shown in a notebook

@@ -46,6 +46,7 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..compare.result import STAGE_TITLES, Finding
+from .console import ensure_log_dir
 
 CSV_NAME = "padiff_metrics.csv"
 JSON_NAME = "padiff_metrics.json"
@@ -134,8 +135,6 @@ def metric_rows(result) -> List[Dict[str, object]]:
 def write_tables(result, log_dir: str) -> Tuple[str, str]:
     """Write ``padiff_metrics.csv`` and ``padiff_metrics.json`` into ``log_dir``; returns
     their paths. Raises PadiffError when the folder cannot be written."""
-    from .console import ensure_log_dir
-
     ensure_log_dir(log_dir)
     rows = metric_rows(result)
     csv_path = os.path.join(log_dir, CSV_NAME)
