@@ -20,7 +20,7 @@ from ..compare.result import AlignResult
 from ..errors import PadiffError
 from ..options import Options, build_options
 from ..report import console
-from ..side import Side
+from ..side import Side, reference_index
 from ..structure import show_id
 from ..weights.assign import plan_copy
 from ..weights.rules import family
@@ -164,12 +164,12 @@ def _merge_options(dumps: List[Dump], given: Options, explicit) -> (Options, Lis
 
 
 def _sides(dumps: List[Dump]):
-    """Sides as ``make_sides`` makes them: across frameworks the torch dump is the reference;
+    """Sides as ``make_sides`` makes them: across frameworks the reference is ``reference_index``'s;
     with one framework twice the first is ("base"), the second is "raw"."""
     a, b = dumps
     if a.framework != b.framework:
         sides = [Side(a.adapter, a.model, a.model_name, a.framework), Side(b.adapter, b.model, b.model_name, b.framework)]
-        ref_i = 0 if a.framework == "torch" else 1 if b.framework == "torch" else 0
+        ref_i = reference_index(a.adapter, b.adapter)
     else:
         sides = [Side(a.adapter, a.model, a.model_name, f"{a.framework} (base)"),
                  Side(b.adapter, b.model, b.model_name, f"{b.framework} (raw)")]
