@@ -44,7 +44,7 @@ import numpy as np
 from .compare.metrics import TensorDiff, compare_arrays, tolerance_for
 from .compare.result import AlignResult, Finding
 from .errors import PadiffError
-from .frameworks import adapter_for_value, framework_of
+from .frameworks import adapter_for_value, framework_of, type_names
 from .options import Options, build_options, preflight
 from .report import checks as render
 from .report.console import write_log
@@ -466,9 +466,9 @@ def check_dataloader(a, b, max_batches: Optional[int] = None, *, name: str = "ba
         raise PadiffError(f"max_batches must be a whole number >= 1 (or None for all batches), got {max_batches!r}.")
     for obj, which in ((a, "first"), (b, "second")):
         if not hasattr(obj, "__iter__"):
-            raise PadiffError(f"The {which} loader is a {type(obj).__name__}, not an iterable of batches: pass a "
-                              "paddle.io.DataLoader, a torch.utils.data.DataLoader, or any iterable or generator "
-                              "of batches.")
+            loaders = "".join(f"a {n}, " for n in type_names("loader"))
+            raise PadiffError(f"The {which} loader is a {type(obj).__name__}, not an iterable of batches: pass "
+                              f"{loaders}or any iterable or generator of batches.")
     result = CompareResult(False, options=opts, test_label=_object_word(a), ref_label=_object_word(b),
                            kind="dataloader", name=str(name))
     length_findings = []
@@ -552,9 +552,10 @@ class _Schedule:
             self.kind = "callable"
         else:
             hint = " (an optimizer: pass its scheduler)" if ad is not None and ad.is_optimizer(obj) else ""
+            schedulers = "".join(f"a {n}, " for n in type_names("scheduler"))
             raise PadiffError(
-                f"The {which} schedule is a {type(obj).__name__}{hint}: pass a paddle.optimizer.lr.LRScheduler, a "
-                "torch.optim.lr_scheduler.LRScheduler, a function step -> lr, or a list of learning rates.")
+                f"The {which} schedule is a {type(obj).__name__}{hint}: pass {schedulers}a function step -> lr, "
+                "or a list of learning rates.")
         self.note = pairer_note
 
     def lr(self, step: int) -> _Leaf:

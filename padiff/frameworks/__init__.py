@@ -55,11 +55,17 @@ def known_frameworks() -> List[FrameworkNames]:
     return [names_of(name) for name in _ADAPTER_MODULES]
 
 
+def type_names(*roles: str) -> List[str]:
+    """The known frameworks' classes of ``roles`` (``"model"``, ``"tensor"``, ``"loader"``,
+    ``"scheduler"``), one entry per framework, for messages: ``["torch.nn.Module", ...]``; with two
+    roles each framework's are joined by "/" ("torch.nn.Module/torch.Tensor")."""
+    return ["/".join(fw.type_names[r] for r in roles) for fw in known_frameworks()]
+
+
 def type_choices(*roles: str, joiner: str = "or") -> str:
-    """The known frameworks' classes of ``roles`` as a message names them: ``type_choices("model")``
-    is "a torch.nn.Module or a paddle.nn.Layer"; with two roles each framework's are joined by
-    "/" ("a torch.nn.Module/torch.Tensor")."""
-    choices = ["a " + "/".join(fw.type_names[r] for r in roles) for fw in known_frameworks()]
+    """:func:`type_names` as a message lists them: ``type_choices("model")`` is "a torch.nn.Module
+    or a paddle.nn.Layer"."""
+    choices = ["a " + n for n in type_names(*roles)]
     return choices[0] if len(choices) == 1 else f"{', '.join(choices[:-1])} {joiner} {choices[-1]}"
 
 
