@@ -15,10 +15,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __doc__ as package_doc
 from .errors import PadiffError
+from .frameworks import known_frameworks
 
 PROG = "padiff"
 # The package docstring's first line ("padiff: prove that a model ported between ..."); -OO strips it.
 TAGLINE = (package_doc or PROG).strip().splitlines()[0]
+
+
+def _by_rank():
+    """The known frameworks' names tables, the reference (highest ``reference_rank``) first."""
+    return sorted(known_frameworks(), key=lambda fw: -fw.reference_rank)
 
 
 def _error(command: str, exc: Exception) -> int:
@@ -63,15 +69,16 @@ def compare_main(argv: Sequence[str]) -> int:
 
 
 def _compare_parser() -> argparse.ArgumentParser:
+    ranked = [fw.name for fw in _by_rank()]
     parser = _parser(
         "compare",
         description="Compare two dumps made by padiff.dump (one per model, made in separate processes) layer by "
-        "layer, with auto_diff's pairing, tolerances and report. The torch dump is the reference when the "
-        "frameworks differ, else the first. Neither torch nor paddle is imported.\n\n"
+        f"layer, with auto_diff's pairing, tolerances and report. The {ranked[0]} dump is the reference when the "
+        f"frameworks differ, else the first. Neither {' nor '.join(ranked)} is imported.\n\n"
         "Given two array files (.npy, .npz, reprod_log .npy dicts) instead, compares them as padiff.compare does; "
         "then the SECOND file is the reference (see `padiff compare FILE FILE --help`).",
         epilog="exit status: 0 aligned, 1 not aligned, 2 usage error or unusable input (missing or interrupted "
-        "dump).\nexample: padiff compare run_paddle/ run_torch/ --atol 1e-5 --html report.html")
+        f"dump).\nexample: padiff compare run_{ranked[-1]}/ run_{ranked[0]}/ --atol 1e-5 --html report.html")
     parser.add_argument("first", help="a dump folder (or an array file)")
     parser.add_argument("second", help="the other dump folder (or array file)")
     parser.add_argument("--atol", type=float, default=None, help="absolute tolerance (default: auto, per dtype)")
@@ -166,9 +173,9 @@ def report_main(argv: Sequence[str]) -> int:
 
     parser = _parser(
         "report",
-        description="Compare two reprod_log files (saved by ReprodLogger.save) key by key, as ReprodDiffHelper does, print "
-        "the report and write it to the log file. The FIRST file is the reference (the guide passes the torch "
-        "file first).",
+        description="Compare two reprod_log files (saved by ReprodLogger.save) key by key, as ReprodDiffHelper "
+        "does, print the report and write it to the log file. The FIRST file is the reference, as the "
+        "reproduction guide passes them.",
         epilog="exit status: 0 every key passed, 1 a key failed or is missing, 2 usage error or unreadable file.\n"
         "example: padiff report forward_torch.npy forward_paddle.npy --log forward_diff.log")
     parser.add_argument("reference", help="the reference file, e.g. forward_torch.npy")
@@ -237,7 +244,8 @@ COMMANDS: Dict[str, Tuple[Callable[[Sequence[str]], int], str]] = {
     "compare": (compare_main, "compare two dumps (padiff.dump) layer by layer, or two array files"),
     "report": (report_main, "compare two reprod_log files, as ReprodDiffHelper.report"),
     "checkpoints": (checkpoints_main, "check the reproduction guide's five acceptance checkpoints in a folder"),
-    "convert": (convert_main, "convert a checkpoint between the two frameworks (.safetensors, .pth, .pdparams)"),
+    "convert": (convert_main, f"convert a checkpoint between {' and '.join(fw.name for fw in _by_rank())} "
+                              "(.safetensors, .pth, .pdparams)"),
 }
 
 

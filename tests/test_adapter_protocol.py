@@ -7,18 +7,29 @@ so a new framework file knows what to implement.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import os
 import re
+import subprocess
+import sys
 import types
 import typing
 
+import paddle
 import pytest
+import torch
 
+from padiff.checks import check_dataloader, check_schedule
+from padiff.compare.api_names import canonical
 from padiff.dump.distributed import _GatheredAdapter
 from padiff.dump.reader import DumpAdapter
-from padiff.frameworks import get_adapter
+from padiff.errors import PadiffError
+from padiff.frameworks import get_adapter, names_of
 from padiff.frameworks.base import FrameworkAdapter, RecordedModelAdapter
+from padiff.record.api import api_targets
+from padiff.record.recorder import Recorder
+from padiff.side import make_sides, reference_index
 
 PADIFF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "padiff")
 
@@ -108,8 +119,10 @@ def _dump_adapter(cls=DumpAdapter):
 def test_protocol_sizes_and_nesting():
     small, full = protocol_members(RecordedModelAdapter), protocol_members(FrameworkAdapter)
     assert set(small) < set(full)
-    assert {"name", "title", "package_prefix", "to_numpy", "named_children"} <= set(small)
-    assert {"linear_weight_layout", "supports_kwargs_hooks", "add_forward_hooks", "backward"} <= set(full) - set(small)
+    assert {"name", "title", "package_prefix", "reference_rank", "api_spellings", "to_numpy",
+            "named_children"} <= set(small)
+    assert {"linear_weight_layout", "package_dirs", "api_top_level_names", "add_forward_hooks",
+            "backward"} <= set(full) - set(small)
     for proto in (RecordedModelAdapter, FrameworkAdapter):  # a docstring for every method
         for name, kind in protocol_members(proto).items():
             if kind == "method":
@@ -123,7 +136,6 @@ def test_framework_adapter_implements_every_member(framework):
     assert ad.name == framework and ad.title == framework.capitalize()
     assert ad.package_prefix == framework + "."
     assert ad.linear_weight_layout in ("out_in", "in_out")
-    assert isinstance(ad.supports_kwargs_hooks, bool) and isinstance(ad.supports_tensor_grad_hooks, bool)
 
 
 @pytest.mark.parametrize("cls", [DumpAdapter, _GatheredAdapter])
@@ -151,3 +163,92 @@ def test_core_uses_only_declared_adapter_members():
     undeclared = {name: files for name, files in uses.items() if name not in declared}
     assert not undeclared, ("core modules use adapter members that padiff/frameworks/base.py does not declare: "
                             f"{undeclared}")
+
+
+# The core names no framework: tests/test_layering.py (one scan, with its allowlist).
+
+# --- names tables, read without the framework ------------------------------------------------------
+
+@pytest.mark.parametrize("framework", ["torch", "paddle"])
+def test_adapter_members_come_from_its_names_table(framework):
+    ad, names = get_adapter(framework), names_of(framework)
+    for member in ("name", "title", "reference_rank", "package_dirs", "api_top_level_names", "api_tensor_methods",
+                   "api_not_ops", "api_spellings"):
+        assert getattr(ad, member) == getattr(names, member), member
+    assert names_of("jax") is None
+
+
+def test_names_tables_and_messages_import_no_framework():
+    code = ("import sys\nfor m in ('torch', 'paddle'):\n    sys.modules[m] = None\n"
+            "from padiff.frameworks import adapter_for, known_frameworks, type_choices\n"
+            "print([fw.name for fw in known_frameworks()])\nprint(type_choices('model'))\n"
+            "try:\n    adapter_for(3, 'first model')\nexcept Exception as e:\n    print(e)\n")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(PADIFF))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "['torch', 'paddle']",
+        "a torch.nn.Module or a paddle.nn.Layer",
+        "The first model is a builtins.int, which is neither a torch.nn.Module/torch.Tensor nor a "
+        "paddle.nn.Layer/paddle.Tensor."]
+
+
+# --- the reference side, by declared rank ---------------------------------------------------------
+
+@pytest.mark.parametrize("order", [("torch", "paddle"), ("paddle", "torch")])
+def test_the_model_of_the_higher_reference_rank_is_the_reference(order):
+    models = {"torch": torch.nn.Linear(2, 2), "paddle": paddle.nn.Linear(2, 2)}
+    sides, ref = make_sides(models[order[0]], models[order[1]])
+    assert [s.label for s in sides] == list(order)
+    assert sides[ref].label == "torch" and get_adapter("torch").reference_rank > get_adapter("paddle").reference_rank
+
+
+def test_reference_index_reads_the_declared_rank_not_the_name():
+    low, high = types.SimpleNamespace(name="a", reference_rank=0), types.SimpleNamespace(name="b", reference_rank=5)
+    assert reference_index(low, high) == 1 and reference_index(high, low) == 0
+    assert reference_index(low, types.SimpleNamespace(name="c", reference_rank=0)) == 0  # a tie: the first
+    same = types.SimpleNamespace(name="a", reference_rank=9)
+    assert reference_index(low, same) == 0  # one framework twice: the first ("base")
+
+
+def test_a_tensor_passed_as_a_model_is_told_the_model_classes_of_every_framework():
+    with pytest.raises(PadiffError) as err:
+        make_sides(torch.nn.Linear(2, 2), paddle.ones([2]))
+    assert str(err.value) == ("The second argument is a Tensor, not a model: pass a torch.nn.Module or a "
+                              "paddle.nn.Layer.")
+
+
+def test_what_to_pass_lists_every_frameworks_loader_and_scheduler_classes():
+    with pytest.raises(PadiffError) as err:
+        check_dataloader(3, [1])
+    assert str(err.value) == ("The first loader is a int, not an iterable of batches: pass a "
+                              "torch.utils.data.DataLoader, a paddle.io.DataLoader, or any iterable or generator of "
+                              "batches.")
+    with pytest.raises(PadiffError) as err:
+        check_schedule({"lr": 1}, [0.1, 0.1], steps=2)
+    assert str(err.value) == ("The first schedule is a dict: pass a torch.optim.lr_scheduler.LRScheduler, a "
+                              "paddle.optimizer.lr.LRScheduler, a function step -> lr, or a list of learning rates.")
+
+
+# --- framework calls: what is traced, and how the names pair ----------------------------------------
+
+@pytest.mark.parametrize("framework", ["torch", "paddle"])
+def test_api_tracing_wraps_the_adapters_lists_and_leaves_out_its_non_operations(framework):
+    ad = get_adapter(framework)
+    names = {name for _, _, name in api_targets(ad)}
+    top, top_name = ad.api_top_level()
+    assert f"{top_name}.concat" in names and f"{ad.api_tensor_class()[1]}.__rmul__" in names
+    functional_name = ad.api_functional()[1]
+    for skipped in ad.api_not_ops:
+        assert f"{functional_name}.{skipped}" not in names
+    assert all(callable(getattr(top, n)) for n in ad.api_top_level_names if f"{top_name}.{n}" in names)
+
+
+def test_calls_pair_by_both_traces_spellings():
+    spellings = {**get_adapter("torch").api_spellings, **get_adapter("paddle").api_spellings}
+    assert canonical("paddle.concat", spellings) == canonical("torch.cat", spellings) == "cat"
+    assert canonical("paddle.Tensor.__rtruediv__", spellings) == canonical("torch.divide", spellings) == "div"
+    assert canonical("paddle.clip", {}) == "clip"  # without the tables, a spelling is its own name
+    rec = Recorder(get_adapter("paddle"), paddle.nn.Linear(2, 2), "Net", grads=False)
+    assert rec.trace.api_spellings == get_adapter("paddle").api_spellings
+    assert rec._internal == (os.sep + "paddle" + os.sep,)  # frames in paddle's own files are not the user's

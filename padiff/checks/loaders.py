@@ -8,6 +8,7 @@ from typing import List, Mapping, Optional
 from ..compare.metrics import TensorDiff
 from ..compare.result import Finding
 from ..errors import PadiffError
+from ..frameworks import type_names
 from ..options import build_options, preflight
 from .leaves import object_word
 from .pairer import Pairer
@@ -55,8 +56,9 @@ def check_dataloader(a, b, max_batches: Optional[int] = None, *, name: str = "ba
         raise PadiffError(f"max_batches must be a whole number >= 1 (or None for all batches), got {max_batches!r}.")
     for obj, which in ((a, "first"), (b, "second")):
         if not hasattr(obj, "__iter__"):
-            raise PadiffError(f"The {which} loader is a {type(obj).__name__}, not an iterable of batches: pass a "
-                              "DataLoader of either framework, or any iterable or generator of batches.")
+            loaders = "".join(f"a {n}, " for n in type_names("loader"))
+            raise PadiffError(f"The {which} loader is a {type(obj).__name__}, not an iterable of batches: pass "
+                              f"{loaders}or any iterable or generator of batches.")
     result = CompareResult(False, options=opts, test_label=object_word(a), ref_label=object_word(b),
                            kind="dataloader", name=str(name))
     length_findings = _length_findings(a, b, result)

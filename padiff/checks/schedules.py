@@ -8,7 +8,7 @@ from typing import List, Mapping, Optional
 import numpy as np
 
 from ..errors import PadiffError
-from ..frameworks import adapter_for_value
+from ..frameworks import adapter_for_value, type_names
 from ..options import build_options, preflight
 from .leaves import Leaf, as_leaf, node_kind, object_word
 from .pairer import Pairer
@@ -41,9 +41,10 @@ class _Schedule:
             self.kind = "callable"
         else:
             hint = " (an optimizer: pass its scheduler)" if ad is not None and ad.is_optimizer(obj) else ""
+            schedulers = "".join(f"a {n}, " for n in type_names("scheduler"))
             raise PadiffError(
-                f"The {which} schedule is a {type(obj).__name__}{hint}: pass a learning-rate scheduler of either "
-                "framework (an LRScheduler), a function step -> lr, or a list of learning rates.")
+                f"The {which} schedule is a {type(obj).__name__}{hint}: pass {schedulers}a function step -> lr, "
+                "or a list of learning rates.")
         self.note = pairer_note
 
     def lr(self, step: int) -> Leaf:

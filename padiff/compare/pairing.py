@@ -226,41 +226,61 @@ def pair_traces(ref: Trace, test: Trace, *, ref_label: str, test_label: str,
     LayerMap copies as a whole: their insides are compared where they pair, and otherwise
     the pair is compared as a whole. ``kind(class name)`` tells which layers of the two
     frameworks are of one kind (``MaxPool2d``/``MaxPool2D``). Calls of the layers in ``alone``
-    (a fused ``qkv_proj`` and the ``q/k/v_proj`` it stands for) have no partner.
+    (a fused ``qkv_proj`` and the ``q/k/v_proj`` it stands for) have no partner. Framework
+    calls pair by the names of both traces' ``api_spellings``.
     """
     if ref.root is None or test.root is None:
         raise PadiffError("A model was not called: padiff saw no forward call of the root layer.")
-    result = Pairing()
-    mapped = mapped or {}
-    corr = corr or {}
+    pairer = _Pairer(labels=(ref_label, test_label), skip=skip, leaf=leaf, mapped=mapped or {}, corr=corr or {},
+                     kind=kind, alone=alone, spellings={**ref.api_spellings, **test.api_spellings})
+    pairer.visit(ref.root, test.root)
+    return pairer.result
 
-    def visit(a: Node, b: Node):
-        result.add(a, b)
-        if leaf(a, b):
+
+@dataclass
+class _Pairer:
+    """One walk of :func:`pair_traces` over the two call trees: its settings and the pairing so far."""
+
+    labels: Tuple[str, str]
+    skip: Callable[[Node], bool]
+    leaf: Callable[[Node, Node], bool]
+    mapped: Dict[int, int]
+    corr: Dict[int, Set[int]]
+    kind: Callable[[str], str]
+    alone: Set[int]
+    spellings: Dict[str, str]
+    result: Pairing = field(default_factory=Pairing)
+
+    def visit(self, a: Node, b: Node) -> None:
+        self.result.add(a, b)
+        if self.leaf(a, b):
             return
-        if a.layer_key in mapped:
-            undo = _Rollback(result)
+        if a.layer_key in self.mapped:
+            undo = _Rollback(self.result)
             try:
-                inside(a, b)
+                self.inside(a, b)
             except PadiffError:
                 undo.undo()
-                result.notes.append(f"The insides of `{a.path}` and `{b.path}` (paired by your LayerMap) do not "
-                                    "pair call for call; the two are compared as a whole.")
+                self.result.notes.append(f"The insides of `{a.path}` and `{b.path}` (paired by your LayerMap) do "
+                                         "not pair call for call; the two are compared as a whole.")
             return
-        inside(a, b)
+        self.inside(a, b)
 
-    def inside(a: Node, b: Node):
+    def inside(self, a: Node, b: Node) -> None:
+        """Pair the calls ``a`` and ``b`` make: framework calls, then sublayer calls."""
+        corr, skip = self.corr, self.skip
         va, vb = _visible_children(a, skip), _visible_children(b, skip)
-        _pair_api_calls([c for c in va if c.kind == "api"], [c for c in vb if c.kind == "api"], result)
+        _pair_api_calls([c for c in va if c.kind == "api"], [c for c in vb if c.kind == "api"], self.result,
+                        self.spellings)
         ca = [c for c in va if c.kind == "net"]
         cb = [c for c in vb if c.kind == "net"]
         if not ca or not cb:
             return  # one side has no sublayer calls (torch's MultiheadAttention): compared as a whole
-        lone = [c for c in ca + cb if c.layer_key in alone]
+        lone = [c for c in ca + cb if c.layer_key in self.alone]
         if lone:
-            result.unpaired.extend(lone)
-            ca = [c for c in ca if c.layer_key not in alone]
-            cb = [c for c in cb if c.layer_key not in alone]
+            self.result.unpaired.extend(lone)
+            ca = [c for c in ca if c.layer_key not in self.alone]
+            cb = [c for c in cb if c.layer_key not in self.alone]
             if not ca or not cb:
                 return
         pairs, rest_a, rest_b = _by_correspondence(ca, cb, corr)
@@ -271,50 +291,60 @@ def pair_traces(ref: Trace, test: Trace, *, ref_label: str, test_label: str,
             more, rest_a, rest_b = _by_correspondence(more_a, more_b, corr)
             pairs += more
         if len(rest_a) != len(rest_b) or any(c.layer_key in corr for c in rest_a + rest_b):
-            anchored = _anchored(a, b, corr, skip)
-            if anchored is not None:
-                loose = _weightless_between(a, b, anchored, corr, skip, kind)
-                result.notes.append(
-                    f"Inside `{a.path}` the models are nested differently; the {len(anchored)} layer calls that "
-                    f"correspond and {len(loose)} calls without weights of the same kinds were compared, the "
-                    "wrappers around them were not.")
-                for x, y in anchored + loose:
-                    visit(x, y)
+            if self.nested_differently(a, b):
                 return
             pairs, rest_a, rest_b = [], ca, cb  # nested differently and not resolved: by order, as the seeds do
         if len(rest_a) != len(rest_b):
-            wa = [c for c in rest_a if c.has_params]
-            wb = [c for c in rest_b if c.has_params]
-            if len(wa) == len(wb) and (wa or pairs):
-                left = [c for c in rest_a if not c.has_params] + [c for c in rest_b if not c.has_params]
-                result.unpaired.extend(left)
-                result.notes.append(
-                    f"Inside `{a.path}` the models call a different number of sublayers "
-                    f"({ref_label}: {len(ca)}, {test_label}: {len(cb)}); the calls without weights "
-                    f"({_describe(left)}) were left out of the comparison and the rest paired in order."
-                )
-                rest_a, rest_b = wa, wb
-            else:
-                raise PadiffError(
-                    "The two models are built differently: padiff pairs sublayer calls in the order "
-                    "they run, and their counts differ.\n"
-                    f"    {ref_label}: `{a.path}` calls {len(ca)}: {_describe(ca)}\n"
-                    f"    {test_label}: `{b.path}` calls {len(cb)}: {_describe(cb)}\n"
-                    "Make both forward passes call the same sublayers in the same order, or pair the "
-                    "differing parts with a LayerMap (layer_map.map = {a: b}) so they are compared as "
-                    "a whole."
-                )
+            rest_a, rest_b = self.weighted_only(a, b, ca, cb, rest_a, rest_b, bool(pairs))
         for x, y in pairs + list(zip(rest_a, rest_b)):
-            visit(x, y)
+            self.visit(x, y)
 
-    visit(ref.root, test.root)
-    return result
+    def nested_differently(self, a: Node, b: Node) -> bool:
+        """Pair the calls of corresponding layers below ``a`` and ``b`` whatever wrappers stand
+        between, and the calls without weights around them; False where they do not pair."""
+        anchored = _anchored(a, b, self.corr, self.skip)
+        if anchored is None:
+            return False
+        loose = _weightless_between(a, b, anchored, self.corr, self.skip, self.kind)
+        self.result.notes.append(
+            f"Inside `{a.path}` the models are nested differently; the {len(anchored)} layer calls that "
+            f"correspond and {len(loose)} calls without weights of the same kinds were compared, the "
+            "wrappers around them were not.")
+        for x, y in anchored + loose:
+            self.visit(x, y)
+        return True
+
+    def weighted_only(self, a: Node, b: Node, ca: List[Node], cb: List[Node], rest_a: List[Node],
+                      rest_b: List[Node], paired: bool) -> Tuple[List[Node], List[Node]]:
+        """Where the counts of calls left differ, the calls that hold weights, if their counts
+        agree (the rest are left out, with a note); else the error naming both layers."""
+        ref_label, test_label = self.labels
+        wa = [c for c in rest_a if c.has_params]
+        wb = [c for c in rest_b if c.has_params]
+        if not (len(wa) == len(wb) and (wa or paired)):
+            raise PadiffError(
+                "The two models are built differently: padiff pairs sublayer calls in the order "
+                "they run, and their counts differ.\n"
+                f"    {ref_label}: `{a.path}` calls {len(ca)}: {_describe(ca)}\n"
+                f"    {test_label}: `{b.path}` calls {len(cb)}: {_describe(cb)}\n"
+                "Make both forward passes call the same sublayers in the same order, or pair the "
+                "differing parts with a LayerMap (layer_map.map = {a: b}) so they are compared as "
+                "a whole."
+            )
+        left = [c for c in rest_a if not c.has_params] + [c for c in rest_b if not c.has_params]
+        self.result.unpaired.extend(left)
+        self.result.notes.append(
+            f"Inside `{a.path}` the models call a different number of sublayers "
+            f"({ref_label}: {len(ca)}, {test_label}: {len(cb)}); the calls without weights "
+            f"({_describe(left)}) were left out of the comparison and the rest paired in order."
+        )
+        return wa, wb
 
 
-def _api_key(node: Node):
+def _api_key(node: Node, spellings: Dict[str, str]):
     prints = node.in_prints
     # output shapes up to the order of their axes: a port may move the head axis elsewhere
-    return (canonical(node.name), tuple(tuple(sorted(r.shape)) for _, r in node.outputs),
+    return (canonical(node.name, spellings), tuple(tuple(sorted(r.shape)) for _, r in node.outputs),
             None if prints is None else len(prints))
 
 
@@ -328,15 +358,17 @@ def _same_inputs(x: Node, y: Node, rel: float = 1e-2) -> bool:
     return all(abs(p - q) <= rel * max(abs(p), abs(q)) + 1e-30 for p, q in zip(x.in_prints, y.in_prints))
 
 
-def _pair_api_calls(ca: List[Node], cb: List[Node], result: Pairing) -> None:
+def _pair_api_calls(ca: List[Node], cb: List[Node], result: Pairing, spellings: Dict[str, str]) -> None:
     """Framework calls inside one layer pair by order, as the longest common sequence of
     (operation, output shapes, number of floating inputs): an extra reshape on one side, or a
     call whose layout differs between frameworks, is left unpaired instead of shifting every
-    later pair; and a pair whose inputs differ is not the same computation and stays unpaired."""
+    later pair; and a pair whose inputs differ is not the same computation and stays unpaired.
+    ``spellings``: both frameworks' names of operations (:func:`canonical`)."""
     if not ca or not cb:
         result.unpaired.extend(ca or cb)
         return
-    matcher = difflib.SequenceMatcher(a=[_api_key(n) for n in ca], b=[_api_key(n) for n in cb], autojunk=False)
+    matcher = difflib.SequenceMatcher(a=[_api_key(n, spellings) for n in ca], b=[_api_key(n, spellings) for n in cb],
+                                      autojunk=False)
     paired_a, paired_b = set(), set()
     for block in matcher.get_matching_blocks():
         for k in range(block.size):

@@ -730,6 +730,7 @@ def resolve_shards(ref: Trace, test: Trace, pair) -> List[str]:
     if not (_undecided(ref) or _undecided(test)):
         return []
     pairing = pair(ref, test)
+    spellings = {**ref.api_spellings, **test.api_spellings}
     paired = set()
     for a, b in pairing.pairs:
         _resolve_nodes(a, b)
@@ -741,8 +742,8 @@ def resolve_shards(ref: Trace, test: Trace, pair) -> List[str]:
         cb = [c for c in b.children if c.kind == "api" and id(c) not in paired]
         if not ca or not cb:
             continue
-        sm = difflib.SequenceMatcher(a=[canonical(c.name) for c in ca], b=[canonical(c.name) for c in cb],
-                                     autojunk=False)
+        sm = difflib.SequenceMatcher(a=[canonical(c.name, spellings) for c in ca],
+                                     b=[canonical(c.name, spellings) for c in cb], autojunk=False)
         for blk in sm.get_matching_blocks():
             for k in range(blk.size):
                 _resolve_nodes(ca[blk.a + k], cb[blk.b + k])

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ..errors import PadiffError
+from ..frameworks import names_of
 from ..frameworks.base import RecordedModelAdapter
 from ..record.trace import Node, SourceFrame, TensorRecord, Trace
 from .format import manifest_files, read_manifest
@@ -136,6 +137,11 @@ class DumpAdapter(RecordedModelAdapter):
         self.name = dump.framework
         self.title = dump.manifest.get("framework_title") or dump.framework.capitalize()
         self.package_prefix = self.name + "."
+        # the recording framework's names table (no import of the framework); a framework this
+        # padiff does not know ranks lowest and pairs its calls by their own names
+        names = names_of(self.name)
+        self.reference_rank = names.reference_rank if names else -1
+        self.api_spellings = dict(names.api_spellings) if names else {}
 
     def is_layer(self, obj) -> bool:
         return isinstance(obj, DumpLayer)
@@ -285,7 +291,7 @@ class Dump:
         """The recorded call tree of one step, as the recorder made it (arrays lazy). Without
         ``api`` the framework calls are left out."""
         s = self.manifest["steps"][step]
-        trace = Trace(self.framework, s.get("model_name", self.model_name))
+        trace = Trace(self.framework, s.get("model_name", self.model_name), api_spellings=self.adapter.api_spellings)
         nodes: Dict[int, Node] = {}
         shared: dict = {}
         for e in s["nodes"]:

@@ -3,17 +3,22 @@
 An adapter is found from the type of a user's object (a model or a tensor) and imported
 lazily, so a process that has only one framework (or none, for offline compares) works.
 Both adapters can live in one process; there is no global "current backend".
+
+Each framework's names and spellings (:class:`~padiff.frameworks.base.FrameworkNames`) sit in a
+module beside its adapter (``torch_names.py``) that does not import the framework: the core reads
+them where it has no adapter at hand (a dump, a message listing what to pass, the command line).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Dict
+from typing import Dict, List, Optional
 
 from ..errors import PadiffError
+from .base import FrameworkNames
 
-# Top-level package of an object's class -> adapter module. A new framework is one line here
-# and one module beside this file.
+# Top-level package of an object's class -> adapter module; its names table is the module
+# "<adapter module>_names". A new framework is one line here and those two modules beside this file.
 _ADAPTER_MODULES = {
     "torch": "padiff.frameworks.torch",
     "paddle": "padiff.frameworks.paddle",
@@ -22,7 +27,7 @@ _CACHE: Dict[str, object] = {}
 
 
 def framework_of(obj) -> str | None:
-    """'torch', 'paddle' or None, from the packages that define the object's classes."""
+    """The name of the known framework that defines one of the object's classes, or None."""
     for cls in type(obj).__mro__:
         top = (cls.__module__ or "").split(".", 1)[0]
         if top in _ADAPTER_MODULES:
@@ -37,13 +42,40 @@ def get_adapter(name: str):
     return _CACHE[name]
 
 
+def names_of(framework: str) -> Optional[FrameworkNames]:
+    """The names table of a known framework (None for another name, as a dump of a framework this
+    padiff does not know may hold); imports no framework."""
+    if framework not in _ADAPTER_MODULES:
+        return None
+    return importlib.import_module(_ADAPTER_MODULES[framework] + "_names").NAMES
+
+
+def known_frameworks() -> List[FrameworkNames]:
+    """Every known framework's names table, in registration order; imports no framework."""
+    return [names_of(name) for name in _ADAPTER_MODULES]
+
+
+def type_names(*roles: str) -> List[str]:
+    """The known frameworks' classes of ``roles`` (``"model"``, ``"tensor"``, ``"loader"``,
+    ``"scheduler"``), one entry per framework, for messages: ``["torch.nn.Module", ...]``; with two
+    roles each framework's are joined by "/" ("torch.nn.Module/torch.Tensor")."""
+    return ["/".join(fw.type_names[r] for r in roles) for fw in known_frameworks()]
+
+
+def type_choices(*roles: str, joiner: str = "or") -> str:
+    """:func:`type_names` as a message lists them: ``type_choices("model")`` is "a torch.nn.Module
+    or a paddle.nn.Layer"."""
+    choices = ["a " + n for n in type_names(*roles)]
+    return choices[0] if len(choices) == 1 else f"{', '.join(choices[:-1])} {joiner} {choices[-1]}"
+
+
 def adapter_for(obj, what: str = "object"):
     """The adapter for a user's model or tensor; a clear error for anything else."""
     name = framework_of(obj)
     if name is None:
         raise PadiffError(
-            f"The {what} is a {type(obj).__module__}.{type(obj).__qualname__}, which is neither a "
-            "torch.nn.Module/torch.Tensor nor a paddle.nn.Layer/paddle.Tensor."
+            f"The {what} is a {type(obj).__module__}.{type(obj).__qualname__}, which is neither "
+            f"{type_choices('model', 'tensor', joiner='nor')}."
         )
     return get_adapter(name)
 

@@ -19,17 +19,59 @@ paths relative to the layer asked about; dtypes travel as names (``"float32"``, 
 
 The framework adapters also define helpers the core does not call (``device_name``, ``scalar``,
 ``optimizer_zero_grad``, ``save_file``, ``from_raw``); they are not part of the protocol.
+
+What a framework is called and how it spells things is plain data, :class:`FrameworkNames`, kept in
+a module of its own beside the adapter (``torch_names.py``): the dump reader, the command line and
+the error messages read it without importing the framework (an offline compare imports neither),
+and the adapter takes its protocol members from it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Protocol, Set, Tuple, runtime_checkable
+from dataclasses import dataclass
+from typing import (Any, Callable, ContextManager, Dict, FrozenSet, List, Optional, Protocol, Set, Tuple,
+                    runtime_checkable)
 
 import numpy as np
 
 Layer = Any  # a framework's layer / module
 Tensor = Any  # a framework's tensor or parameter
 Handle = Any  # what a hook registration returns; only ``remove_hook`` takes it
+
+
+@dataclass(frozen=True)
+class FrameworkNames:
+    """A framework's names and spellings, as data that needs no import of the framework: its
+    adapter's protocol members of the same names are these values, and the core reads them
+    from here where no adapter is at hand (an offline compare, a message about an object of
+    no known framework, the command line's help). ``frameworks/__init__.py`` finds each
+    framework's table by its name."""
+
+    name: str
+    """The short name: the key of the adapter module, what a dump records (``"torch"``)."""
+    title: str
+    """The name as the reports write it (``"Torch"``)."""
+    product: str
+    """The project's own name, for the command line's description (``"PyTorch"``)."""
+    reference_rank: int
+    """Which framework is the reference when two differ: the higher rank (the seeds copy torch's
+    weights into the paddle port, so torch ranks above paddle)."""
+    type_names: Dict[str, str]
+    """Dotted names of the public classes messages tell the user to pass, by role: ``"model"``,
+    ``"tensor"``, ``"loader"``, ``"scheduler"``."""
+    package_dirs: Tuple[str, ...]
+    """Folder names of the framework's own packages; a stack frame in a file under one of them is
+    the framework's, not the user's."""
+    api_top_level_names: Tuple[str, ...]
+    """Functions of the top-level package traced while recording (those that exist)."""
+    api_tensor_methods: Tuple[str, ...]
+    """Methods of the tensor class traced while recording (those that exist)."""
+    api_not_ops: FrozenSet[str]
+    """Public names of the functional module that are no operations (dispatch helpers): not traced."""
+    api_spellings: Dict[str, str]
+    """The framework's names of operations (the last part of a traced call's name, dunders and
+    in-place ``_`` stripped) that frameworks spell differently, mapped to the one name calls pair by:
+    ``"concat": "cat"``, ``"clip": "clamp"``, ``"mm": "matmul"``."""
 
 
 @runtime_checkable
@@ -46,6 +88,12 @@ class RecordedModelAdapter(Protocol):
     package_prefix: str
     """The framework's top-level package with a trailing dot (``"torch."``). Declared; the core
     does not read it yet."""
+    reference_rank: int
+    """Which side is the reference when the two models' frameworks differ: the one of the higher
+    rank (:attr:`FrameworkNames.reference_rank`); :func:`padiff.side.reference_index` reads it."""
+    api_spellings: Dict[str, str]
+    """The framework's spellings of operations mapped to the names calls of two frameworks pair by
+    (:attr:`FrameworkNames.api_spellings`); a recorded trace carries them to the pairing."""
 
     # --- objects -----------------------------------------------------------------------------
     def is_layer(self, obj: Any) -> bool:
@@ -119,10 +167,15 @@ class FrameworkAdapter(RecordedModelAdapter, Protocol):
     """Tensor-parallel layer classes, by class name, and their layout (``"column"``, ``"row"`` or
     ``"vocab"``); a layer whose class or a base class has one of these names is sharded so.
     Empty where the framework has none."""
-    supports_kwargs_hooks: bool
-    """Whether forward hooks see keyword arguments. Declared; the core does not read it yet."""
-    supports_tensor_grad_hooks: bool
-    """Whether a hook can be put on a tensor's gradient. Declared; the core does not read it yet."""
+    package_dirs: Tuple[str, ...]
+    """Folder names of the framework's own packages (``("torch",)``): the recorder leaves frames in
+    files under them out of the user's source lines."""
+    api_top_level_names: Tuple[str, ...]
+    """Names of :meth:`api_top_level`'s functions to trace; those that exist are wrapped."""
+    api_tensor_methods: Tuple[str, ...]
+    """Names of :meth:`api_tensor_class`'s methods to trace; those that exist are wrapped."""
+    api_not_ops: FrozenSet[str]
+    """Public names of :meth:`api_functional`'s module that are no operations: not wrapped."""
 
     # --- objects -----------------------------------------------------------------------------
     def copy_layer(self, layer: Layer, dtype_name: Optional[str] = None) -> Layer:
@@ -163,12 +216,12 @@ class FrameworkAdapter(RecordedModelAdapter, Protocol):
         functions are all wrapped while recording."""
 
     def api_top_level(self) -> Tuple[Any, str]:
-        """``(module, dotted name)`` of the top-level package; the listed names of it that exist are
-        wrapped while recording."""
+        """``(module, dotted name)`` of the top-level package; the names of :attr:`api_top_level_names`
+        that exist in it are wrapped while recording."""
 
     def api_tensor_class(self) -> Tuple[type, str]:
-        """``(class, dotted name)`` of the tensor class; the listed methods of it that exist are wrapped
-        while recording."""
+        """``(class, dotted name)`` of the tensor class; the methods of :attr:`api_tensor_methods` that
+        exist on it are wrapped while recording."""
 
     # --- tensors -----------------------------------------------------------------------------
     def host_view(self, t: Tensor) -> Optional[np.ndarray]:

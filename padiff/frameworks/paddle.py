@@ -10,6 +10,7 @@ import numpy as np
 import paddle
 
 from .base import FrameworkAdapter
+from .paddle_names import NAMES
 
 _CONTAINERS = (paddle.nn.Sequential, paddle.nn.LayerList, paddle.nn.LayerDict)
 # Tensor-parallel layer classes, by class name: paddle.distributed.fleet.meta_parallel's (and
@@ -34,10 +35,16 @@ def _norm(flat: np.ndarray) -> float:
 
 
 class Adapter(FrameworkAdapter):
-    name = "paddle"
-    title = "Paddle"
-    supports_kwargs_hooks = True
-    supports_tensor_grad_hooks = True
+    # Names and spellings, as data (NAMES: readable without importing the framework).
+    name = NAMES.name
+    title = NAMES.title
+    reference_rank = NAMES.reference_rank
+    package_dirs = NAMES.package_dirs
+    api_top_level_names = NAMES.api_top_level_names
+    api_tensor_methods = NAMES.api_tensor_methods
+    api_not_ops = NAMES.api_not_ops
+    api_spellings = NAMES.api_spellings
+    # Capabilities, as data.
     parallel_layer_classes = _PARALLEL_LAYERS  # tensor-parallel classes by name: their layout
     linear_weight_layout = "in_out"  # Linear.weight is [in_features, out_features]
     package_prefix = "paddle."

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .base import FrameworkAdapter
+from .torch_names import NAMES
 
 _NUMPY_OK = (torch.float16, torch.float32, torch.float64, torch.int8, torch.int16, torch.int32,
              torch.int64, torch.uint8, torch.bool, torch.complex64, torch.complex128)
@@ -25,11 +26,16 @@ _RANDOM = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dr
 
 
 class Adapter(FrameworkAdapter):
-    name = "torch"
-    title = "Torch"
+    # Names and spellings, as data (NAMES: readable without importing the framework).
+    name = NAMES.name
+    title = NAMES.title
+    reference_rank = NAMES.reference_rank
+    package_dirs = NAMES.package_dirs
+    api_top_level_names = NAMES.api_top_level_names
+    api_tensor_methods = NAMES.api_tensor_methods
+    api_not_ops = NAMES.api_not_ops
+    api_spellings = NAMES.api_spellings
     # Capabilities, as data.
-    supports_kwargs_hooks = True
-    supports_tensor_grad_hooks = True
     parallel_layer_classes = _PARALLEL_LAYERS  # tensor-parallel classes by name: their layout
     linear_weight_layout = "out_in"  # Linear.weight is [out_features, in_features]
     package_prefix = "torch."

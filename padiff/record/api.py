@@ -16,28 +16,6 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 from ..errors import PadiffError
 
-# Names tried on each framework's top-level module and its Tensor class. An adapter keeps
-# those that exist; both frameworks' functional modules are traced whole.
-TOP_LEVEL = (
-    "matmul", "mm", "bmm", "einsum", "add", "subtract", "sub", "multiply", "mul", "divide", "div",
-    "exp", "log", "tanh", "sigmoid", "softmax", "log_softmax", "cat", "concat", "stack", "sum", "mean",
-    "flatten", "reshape", "transpose", "permute", "sqrt", "rsqrt", "pow", "clamp", "clip", "where", "erf",
-    "abs", "maximum", "minimum", "split", "chunk", "unsqueeze", "squeeze", "cumsum", "var", "std", "norm",
-    "gather", "index_select", "masked_fill", "sin", "cos", "tril", "triu", "outer", "logsumexp", "layer_norm",
-    "relu", "gelu", "silu", "addmm", "baddbmm", "square", "sign", "floor", "ceil", "round",
-)
-TENSOR_METHODS = (
-    "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__",
-    "__matmul__", "__rmatmul__", "__pow__", "__neg__", "reshape", "view", "transpose", "permute", "flatten",
-    "mean", "sum", "softmax", "exp", "sqrt", "rsqrt", "pow", "matmul", "unsqueeze", "squeeze", "chunk", "split",
-    "sigmoid", "tanh", "relu", "abs", "clamp", "clip", "masked_fill", "var", "std", "norm", "square", "log",
-)
-
-
-_NOT_OPS = {"handle_torch_function", "has_torch_function", "has_torch_function_unary",
-            "has_torch_function_variadic", "boolean_dispatch", "assert_int_or_pair", "sdp_kernel"}
-
-
 # The optimisations of the patching's fixed cost (tests/test_speed_equivalence.py turns each
 # off): "targets": the list of what to wrap is computed once per process (and again when the
 # functional module changes); "wrappers": one wrapper per function per process, told which
@@ -49,8 +27,9 @@ _TARGETS: Dict[tuple, Tuple[int, List[Tuple[object, str, str]]]] = {}
 
 
 def api_targets(adapter, extra: Sequence[str] = ()) -> List[Tuple[object, str, str]]:
-    """Everything to wrap for one framework: its functional module whole, the listed names of
-    its top-level module and Tensor class that exist, and the user's own dotted names.
+    """Everything to wrap for one framework: its functional module whole (but its
+    ``api_not_ops``), the names its adapter lists for its top-level module and Tensor class
+    that exist, and the user's own dotted names.
     Computed once per process for the framework's part; found again if the functional module
     gained or lost names since."""
     functional, _ = adapter.api_functional()
@@ -72,15 +51,17 @@ def _framework_targets(adapter) -> List[Tuple[object, str, str]]:
     functional, functional_name = adapter.api_functional()
     top, top_name = adapter.api_top_level()
     tensor_cls, tensor_name = adapter.api_tensor_class()
+    not_ops = adapter.api_not_ops
     targets = []
     for name in dir(functional):
         fn = getattr(functional, name)
-        if (name.startswith("_") or not name.islower() or name in _NOT_OPS or not callable(fn)
+        if (name.startswith("_") or not name.islower() or name in not_ops or not callable(fn)
                 or inspect.ismodule(fn) or inspect.isclass(fn)):
             continue
         targets.append((functional, name, f"{functional_name}.{name}"))
-    targets += [(top, n, f"{top_name}.{n}") for n in TOP_LEVEL if callable(getattr(top, n, None))]
-    targets += [(tensor_cls, n, f"{tensor_name}.{n}") for n in TENSOR_METHODS if callable(getattr(tensor_cls, n, None))]
+    targets += [(top, n, f"{top_name}.{n}") for n in adapter.api_top_level_names if callable(getattr(top, n, None))]
+    targets += [(tensor_cls, n, f"{tensor_name}.{n}") for n in adapter.api_tensor_methods
+                if callable(getattr(tensor_cls, n, None))]
     return targets
 
 
@@ -88,7 +69,7 @@ def resolve_dotted(dotted: str) -> Tuple[object, str]:
     """'pkg.mod.fn' -> (module object, 'fn'), for user-registered functions."""
     mod_name, _, attr = dotted.rpartition(".")
     if not mod_name:
-        raise PadiffError(f"Custom API {dotted!r} must be a full dotted name like 'paddle3d.ops.iou3d_nms'.")
+        raise PadiffError(f"Custom API {dotted!r} must be a full dotted name like 'mypackage.ops.iou3d_nms'.")
     try:
         module = importlib.import_module(mod_name)
     except ImportError as e:

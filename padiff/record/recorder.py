@@ -193,7 +193,7 @@ class Recorder:
         self._keep = (spill if spill is not None else Spill(None)).keep  # no budget: all in memory
         self._arrived = arrivals.arrived if arrivals is not None else None  # told after each gradient
         self.walk = LayerWalk(adapter, model, root_name, stop_at)
-        self.trace = Trace(adapter.name, root_name)
+        self.trace = Trace(adapter.name, root_name, api_spellings=dict(adapter.api_spellings))
         self._handles: List = []
         self._stack: List[Node] = []
         self._seq = 0
@@ -207,7 +207,8 @@ class Recorder:
         self._uses: Dict[tuple, tuple] = {}
         self._input_keys: List[tuple] = []  # (node, [(id path, its count)]) to read after the run
         self._run_frame = None
-        self._internal = (os.sep + "torch" + os.sep, os.sep + "paddle" + os.sep)
+        # frames in files under the framework's own folders are not the user's
+        self._internal = tuple(os.sep + d + os.sep for d in adapter.package_dirs)
         # per running layer call (beside self._stack): (anchor frame, its frames) for
         # _walk_frames; a frame is held only while its layer runs
         self._within: List[tuple] = []
@@ -447,13 +448,7 @@ class Recorder:
                 node.call_args = (self._skeleton(tuple(args)), self._skeleton(dict(kwargs or {})))
             items = tensor_items(args, kwargs, ad.is_tensor) if self.grads or innermost else ()
             if self.grads:
-                keys = []
-                for id_path, leaf in items:
-                    if ad.requires_grad(leaf):
-                        node.input_ids.append(id_path)
-                        keys.append((id_path, self._use_cell(leaf)))
-                        self._want_grad(leaf, node.grad_in, id_path)
-                self._input_keys.append((node, keys))
+                self._want_input_grads(node, items)
             if innermost:
                 self._count_uses(items)
             return None
@@ -471,13 +466,25 @@ class Recorder:
                 node.out_skeleton = self._skeleton(output)
             return None
 
-        def quiet(hook):
-            def run(*a):
-                prev, self._in_api = self._in_api, True  # padiff's own tensor calls are not traced
-                try:
-                    return hook(*a)
-                finally:
-                    self._in_api = prev
-            return run
+        return self._quiet(pre), self._quiet(post)
 
-        return quiet(pre), quiet(post)
+    def _quiet(self, hook):
+        """``hook``, run with API tracing paused: padiff's own tensor calls are not traced."""
+        def run(*a):
+            prev, self._in_api = self._in_api, True
+            try:
+                return hook(*a)
+            finally:
+                self._in_api = prev
+        return run
+
+    def _want_input_grads(self, node: Node, items) -> None:
+        """Record the gradients of a layer call's inputs that record one (``items``: their
+        :func:`tensor_items`), and count the reads of each."""
+        keys = []
+        for id_path, leaf in items:
+            if self.adapter.requires_grad(leaf):
+                node.input_ids.append(id_path)
+                keys.append((id_path, self._use_cell(leaf)))
+                self._want_grad(leaf, node.grad_in, id_path)
+        self._input_keys.append((node, keys))

@@ -163,8 +163,35 @@ class Replayer:
         args = self.build(call[0], made, grad_leaves)
         kwargs = self.build(call[1], made, grad_leaves)
         handles = []
-        calls: Dict[int, int] = {}
         result = Replayed()
+        try:
+            pre, post = self._substitute_hooks(substitute, result)
+            for key in substitute:
+                handles.extend(ad.add_forward_hooks(self.layers[key], pre(key), post(key)))
+            try:
+                out = layer(*args, **kwargs)
+            except Exception as exc:  # the user's layer, not padiff, raised
+                raise PadiffError(f"Replaying `{test.label()}` on the reference model's inputs (single-step mode) "
+                                  f"raised {type(exc).__name__}: {exc}") from exc
+            leaves = flatten(out, ad.is_tensor)
+            for id_path, leaf in leaves:
+                if ad.is_tensor(leaf):
+                    result.outputs.append((id_path, self._record(leaf)))
+                else:
+                    result.outputs.append((id_path, TensorRecord.plain(leaf)))
+            if backward and ref.grad_out:
+                self._backward(ref, test, leaves, inputs, grad_leaves, result)
+            return result
+        finally:
+            for h in handles:
+                ad.remove_hook(h)
+
+    def _substitute_hooks(self, substitute: Dict[int, List[Tuple[Node, Node]]], result: Replayed):
+        """``(pre(key), post(key))``: makers of the hooks of a substituted sublayer. ``pre`` records
+        the inputs the sublayer gets (``result.child_inputs``); ``post`` replaces its output with the
+        reference call's, in call order."""
+        ad = self.adapter
+        calls: Dict[int, int] = {}
 
         def make_pre(key):
             def pre(_layer, c_args, c_kwargs):
@@ -192,53 +219,40 @@ class Replayer:
                 return None
             return post
 
-        out = None
+        return make_pre, make_post
+
+    def _backward(self, ref: Node, test: Node, leaves, inputs, grad_leaves: Dict[int, object],
+                  result: Replayed) -> None:
+        """Feed ``ref``'s output gradients back through the replayed outputs (``leaves``), paired
+        by position among the distinct tensors of each, as the forward comparison pairs them, and
+        read the gradients of the inputs in ``grad_leaves`` into ``result.grad_in``."""
+        ad = self.adapter
+        ref_grads = [ref.grad_out.get(k) for k, _ in _distinct(ref.outputs)]
+        seen, mine = set(), []
+        for _, leaf in leaves:
+            if ad.is_tensor(leaf) and id(leaf) not in seen:
+                seen.add(id(leaf))
+                mine.append(leaf)
+        outs, grads = [], []
+        for leaf, g in zip(mine, ref_grads):
+            # an output of another shape cannot take the reference's gradient: its forward
+            # comparison already reports the shapes
+            if g is not None and ad.requires_grad(leaf) and tuple(ad.shape(leaf)) == tuple(g.shape):
+                outs.append(leaf)
+                grads.append(self.tensor(g))
+        if not outs:
+            return
         try:
-            for key in substitute:
-                handles.extend(ad.add_forward_hooks(self.layers[key], make_pre(key), make_post(key)))
-            try:
-                out = layer(*args, **kwargs)
-            except Exception as exc:  # the user's layer, not padiff, raised
-                raise PadiffError(f"Replaying `{test.label()}` on the reference model's inputs (single-step mode) "
-                                  f"raised {type(exc).__name__}: {exc}") from exc
-            leaves = flatten(out, ad.is_tensor)
-            for id_path, leaf in leaves:
-                if ad.is_tensor(leaf):
-                    result.outputs.append((id_path, self._record(leaf)))
-                else:
-                    result.outputs.append((id_path, TensorRecord.plain(leaf)))
-            if backward and ref.grad_out:
-                # the reference's output gradients, paired with this call's outputs by position
-                # among the distinct tensors of each, as the forward comparison pairs them
-                ref_grads = [ref.grad_out.get(k) for k, _ in _distinct(ref.outputs)]
-                seen, mine = set(), []
-                for _, leaf in leaves:
-                    if ad.is_tensor(leaf) and id(leaf) not in seen:
-                        seen.add(id(leaf))
-                        mine.append(leaf)
-                outs, grads = [], []
-                for leaf, g in zip(mine, ref_grads):
-                    # an output of another shape cannot take the reference's gradient: its forward
-                    # comparison already reports the shapes
-                    if g is not None and ad.requires_grad(leaf) and tuple(ad.shape(leaf)) == tuple(g.shape):
-                        outs.append(leaf)
-                        grads.append(self.tensor(g))
-                if outs:
-                    try:
-                        ad.backward(outs, grads)
-                    except Exception as exc:  # the user's layer's backward raised
-                        raise PadiffError(f"Replaying the backward of `{test.label()}` with the reference model's "
-                                          f"output gradient (single-step mode) raised {type(exc).__name__}: "
-                                          f"{exc}") from exc
-                    records: Dict[int, TensorRecord] = {}
-                    for id_path, r in inputs:
-                        if id(r) in grad_leaves:
-                            if id(r) not in records:
-                                g = ad.tensor_grad(grad_leaves[id(r)])
-                                records[id(r)] = self._record(g) if g is not None else None
-                            if records[id(r)] is not None:
-                                result.grad_in[id_path] = records[id(r)]
-            return result
-        finally:
-            for h in handles:
-                ad.remove_hook(h)
+            ad.backward(outs, grads)
+        except Exception as exc:  # the user's layer's backward raised
+            raise PadiffError(f"Replaying the backward of `{test.label()}` with the reference model's "
+                              f"output gradient (single-step mode) raised {type(exc).__name__}: "
+                              f"{exc}") from exc
+        records: Dict[int, TensorRecord] = {}
+        for id_path, r in inputs:
+            if id(r) in grad_leaves:
+                if id(r) not in records:
+                    g = ad.tensor_grad(grad_leaves[id(r)])
+                    records[id(r)] = self._record(g) if g is not None else None
+                if records[id(r)] is not None:
+                    result.grad_in[id_path] = records[id(r)]

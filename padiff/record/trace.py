@@ -168,13 +168,16 @@ class Node:
 
 @dataclass
 class Trace:
-    """A run of one model: its framework, the root call, and every node in call order."""
+    """A run of one model: its framework, the root call, and every node in call order.
+    ``api_spellings`` is the framework's table of operation names (its adapter's), by which
+    framework calls pair with the other model's."""
 
     framework: str
     model_name: str
     root: Optional[Node] = None
     nodes: List[Node] = field(default_factory=list)
     loss: Optional[TensorRecord] = None
+    api_spellings: Dict[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"Trace({self.framework} {self.model_name!r}, {len(self.nodes)} calls)"

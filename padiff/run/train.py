@@ -89,9 +89,9 @@ def weight_findings(links, grad_findings, read_ref, read_test, opts, step: int, 
         if f.test_path in buffers:
             f.explain(Cause.BUFFER_UPDATE, (
                 "This is a buffer the forward pass updates, not a weight the optimizer changes: in train mode "
-                "paddle's BatchNorm updates its running variance with the biased batch variance, torch's "
-                "with the unbiased one, which differ for small batches. Compare in eval mode, or ignore "
-                "the running statistics."))
+                "one framework's BatchNorm may update its running variance with the biased batch variance and "
+                "the other's with the unbiased one, which differ for small batches. Compare in eval mode, or "
+                "ignore the running statistics."))
         elif grads_ok:
             f.explain(Cause.OPTIMIZER, ("The gradients agreed before the optimizer step, so this is an optimizer "
                                         "difference (learning rate, momentum, weight decay, epsilon?)."))
