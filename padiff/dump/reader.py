@@ -136,6 +136,8 @@ class DumpAdapter(RecordedModelAdapter):
         self.name = dump.framework
         self.title = dump.manifest.get("framework_title") or dump.framework.capitalize()
         self.package_prefix = self.name + "."
+        # A dump does not record them: the live adapters' lists together (weight pairing leaves these out).
+        self.skipped_buffers = ("num_batches_tracked", "_dropout_state")
 
     def is_layer(self, obj) -> bool:
         return isinstance(obj, DumpLayer)

@@ -8,7 +8,7 @@ Both adapters can live in one process; there is no global "current backend".
 from __future__ import annotations
 
 import importlib
-from typing import Dict
+from typing import Dict, Iterator
 
 from ..errors import PadiffError
 
@@ -35,6 +35,24 @@ def get_adapter(name: str):
         module = importlib.import_module(_ADAPTER_MODULES[name])
         _CACHE[name] = module.Adapter()
     return _CACHE[name]
+
+
+def adapters() -> Iterator[object]:
+    """Every framework's adapter that can be imported here, in a fixed order (torch, paddle),
+    each imported only when the caller asks for the next: a lookup that stops at the first
+    framework that fits imports no other."""
+    for name in _ADAPTER_MODULES:
+        try:
+            yield get_adapter(name)
+        except ImportError:
+            continue
+
+
+def adapter_named(name: str, what: str = "framework"):
+    """The adapter of a framework given by name (``"torch"``); a clear error for another name."""
+    if name not in _ADAPTER_MODULES:
+        raise PadiffError(f"The {what} must be {' or '.join(repr(n) for n in _ADAPTER_MODULES)}, got {name!r}.")
+    return get_adapter(name)
 
 
 def adapter_for(obj, what: str = "object"):

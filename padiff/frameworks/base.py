@@ -46,6 +46,10 @@ class RecordedModelAdapter(Protocol):
     package_prefix: str
     """The framework's top-level package with a trailing dot (``"torch."``). Declared; the core
     does not read it yet."""
+    skipped_buffers: Tuple[str, ...]
+    """Last names of buffers that no other framework has a place for, so weight pairing and the
+    checkpoint converter leave them out (torch's BatchNorm ``num_batches_tracked``, paddle's RNN
+    ``_dropout_state``)."""
 
     # --- objects -----------------------------------------------------------------------------
     def is_layer(self, obj: Any) -> bool:
@@ -123,6 +127,41 @@ class FrameworkAdapter(RecordedModelAdapter, Protocol):
     """Whether forward hooks see keyword arguments. Declared; the core does not read it yet."""
     supports_tensor_grad_hooks: bool
     """Whether a hook can be put on a tensor's gradient. Declared; the core does not read it yet."""
+
+    layer_class: str
+    """The framework's layer base class as users write it (``"torch.nn.Module"``), for messages."""
+
+    # --- weight conversion tables (``padiff.weights.rules``) ---------------------------------
+    layer_kinds: Dict[str, str]
+    """The framework's built-in layer classes with weights, by class name, and their
+    framework-neutral kind (``"linear"``, ``"conv2d"``, ``"batchnorm2d"``, ``"multiheadattention"``):
+    the shipped conversion rules pair classes of related kinds across frameworks. Where several
+    classes have one kind, the first listed is the one a layer of another framework is taken for
+    when only that other model is known (the checkpoint converter)."""
+    tensor_names: Dict[str, str]
+    """The framework's names of the tensors the shipped rules rename, by a neutral name:
+    ``"batchnorm.mean"``, ``"batchnorm.variance"``, ``"instancenorm.scale"``, ``"prelu.weight"``;
+    the packed attention's ``"attention.packed_weight"``/``"attention.packed_bias"``, its
+    ``"attention.{q,k,v}_weight"``/``"attention.{q,k,v}_bias"``, ``"attention.bias_k"``/``"bias_v"``,
+    ``"attention.out_weight"``/``"attention.out_bias"`` (dotted below the layer); and
+    ``"rnn.projection"``, the LSTM projection weight (a regular expression: it is numbered per
+    layer and direction). A name the framework lacks is left out."""
+
+    # --- state files (the checkpoint converter) ----------------------------------------------
+    state_file_suffixes: Tuple[str, ...]
+    """Lower-case suffixes of the framework's own state-dict files (what ``load_file`` reads and
+    ``save_raw`` writes), the one padiff suggests first."""
+    state_file_label: str
+    """How messages name those files (``".pth/.bin"``)."""
+    state_file_names: Tuple[str, ...]
+    """File names a pretrained-model folder keeps this framework's state dict under
+    (``"pytorch_model.bin"``)."""
+    safetensors_formats: Tuple[str, ...]
+    """Values of a safetensors file's ``format`` metadata that mean this framework's layout; the
+    first is the one padiff writes."""
+    save_call: str
+    """How a user saves a state dict with this framework, for messages
+    (``"torch.save(model.state_dict(), path)"``)."""
 
     # --- objects -----------------------------------------------------------------------------
     def copy_layer(self, layer: Layer, dtype_name: Optional[str] = None) -> Layer:

@@ -24,6 +24,30 @@ _RANDOM = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dr
            torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)
 
 
+# Built-in layer classes with weights -> their neutral kind (padiff.weights.rules pairs kinds
+# across frameworks); the first class of a kind is the one another framework's layer is taken for.
+_LAYER_KINDS = {
+    "Linear": "linear", "NonDynamicallyQuantizableLinear": "linear", "LazyLinear": "linear",
+    "Conv1d": "conv1d", "Conv2d": "conv2d", "Conv3d": "conv3d",
+    "ConvTranspose1d": "convtranspose1d", "ConvTranspose2d": "convtranspose2d", "ConvTranspose3d": "convtranspose3d",
+    "InstanceNorm1d": "instancenorm1d", "InstanceNorm2d": "instancenorm2d", "InstanceNorm3d": "instancenorm3d",
+    "BatchNorm1d": "batchnorm1d", "BatchNorm2d": "batchnorm2d", "BatchNorm3d": "batchnorm3d",
+    "SyncBatchNorm": "syncbatchnorm", "LayerNorm": "layernorm", "GroupNorm": "groupnorm",
+    "Embedding": "embedding", "PReLU": "prelu", "LSTM": "lstm", "GRU": "gru", "RNN": "rnn",
+    "MultiheadAttention": "multiheadattention",
+}
+# Tensor names the shipped rules rename, by neutral name (see FrameworkAdapter.tensor_names).
+_TENSOR_NAMES = {
+    "batchnorm.mean": "running_mean", "batchnorm.variance": "running_var",
+    "instancenorm.scale": "weight", "prelu.weight": "weight",
+    "attention.packed_weight": "in_proj_weight", "attention.packed_bias": "in_proj_bias",
+    "attention.q_weight": "q_proj_weight", "attention.k_weight": "k_proj_weight",
+    "attention.v_weight": "v_proj_weight", "attention.bias_k": "bias_k", "attention.bias_v": "bias_v",
+    "attention.out_weight": "out_proj.weight", "attention.out_bias": "out_proj.bias",
+    "rnn.projection": r"weight_hr_l\d+(_reverse)?",
+}
+
+
 class Adapter(FrameworkAdapter):
     name = "torch"
     title = "Torch"
@@ -33,6 +57,16 @@ class Adapter(FrameworkAdapter):
     parallel_layer_classes = _PARALLEL_LAYERS  # tensor-parallel classes by name: their layout
     linear_weight_layout = "out_in"  # Linear.weight is [out_features, in_features]
     package_prefix = "torch."
+    layer_class = "torch.nn.Module"
+    skipped_buffers = ("num_batches_tracked",)  # BatchNorm's step counter: no other framework keeps one
+    layer_kinds = _LAYER_KINDS
+    tensor_names = _TENSOR_NAMES
+    # State files: torch.save writes them; Hugging Face's save_pretrained names one pytorch_model.bin.
+    state_file_suffixes = (".pth", ".pt", ".bin", ".ckpt")
+    state_file_label = ".pth/.bin"
+    state_file_names = ("pytorch_model.bin",)
+    safetensors_formats = ("pt", "torch")
+    save_call = "torch.save(model.state_dict(), path)"
 
     # --- objects -------------------------------------------------------------------------
     def is_layer(self, obj) -> bool:
