@@ -153,12 +153,18 @@ class FrameworkAdapter(RecordedModelAdapter, Protocol):
     ``save_raw`` writes), the one padiff suggests first."""
     state_file_label: str
     """How messages name those files (``".pth/.bin"``)."""
+    state_file_zip: bool
+    """Whether the framework's state files are zip archives: a zip of another name is taken for
+    one of them."""
     state_file_names: Tuple[str, ...]
     """File names a pretrained-model folder keeps this framework's state dict under
     (``"pytorch_model.bin"``)."""
     safetensors_formats: Tuple[str, ...]
     """Values of a safetensors file's ``format`` metadata that mean this framework's layout; the
     first is the one padiff writes."""
+    lazy_build: str
+    """How a model is built without values in this framework, for messages (``"on the meta device"``;
+    ``has_data`` is False for its tensors)."""
     save_call: str
     """How a user saves a state dict with this framework, for messages
     (``"torch.save(model.state_dict(), path)"``)."""

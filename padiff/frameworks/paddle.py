@@ -71,8 +71,10 @@ class Adapter(FrameworkAdapter):
     # State files: paddle.save writes them; paddleformers' save_pretrained names one model_state.pdparams.
     state_file_suffixes = (".pdparams",)
     state_file_label = ".pdparams"
+    state_file_zip = False
     state_file_names = ("model_state.pdparams",)
     safetensors_formats = ("np", "pd", "paddle")
+    lazy_build = "under paddle.LazyGuard"  # how a model is built without values
     save_call = "paddle.save(model.state_dict(), path)"
 
     # --- objects -------------------------------------------------------------------------

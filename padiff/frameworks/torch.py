@@ -64,8 +64,10 @@ class Adapter(FrameworkAdapter):
     # State files: torch.save writes them; Hugging Face's save_pretrained names one pytorch_model.bin.
     state_file_suffixes = (".pth", ".pt", ".bin", ".ckpt")
     state_file_label = ".pth/.bin"
+    state_file_zip = True  # every torch.save since 1.6 writes a zip archive
     state_file_names = ("pytorch_model.bin",)
     safetensors_formats = ("pt", "torch")
+    lazy_build = "on the meta device"  # how a model is built without values
     save_call = "torch.save(model.state_dict(), path)"
 
     # --- objects -------------------------------------------------------------------------
