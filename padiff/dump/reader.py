@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ..errors import PadiffError
+from ..frameworks import tables_for
 from ..frameworks.base import RecordedModelAdapter
 from ..record.trace import Node, SourceFrame, TensorRecord, Trace
 from .format import manifest_files, read_manifest
@@ -136,8 +137,7 @@ class DumpAdapter(RecordedModelAdapter):
         self.name = dump.framework
         self.title = dump.manifest.get("framework_title") or dump.framework.capitalize()
         self.package_prefix = self.name + "."
-        # A dump does not record them: the live adapters' lists together (weight pairing leaves these out).
-        self.skipped_buffers = ("num_batches_tracked", "_dropout_state")
+        self.weight_tables = tables_for(self.name)  # declared data, read without the framework
 
     def is_layer(self, obj) -> bool:
         return isinstance(obj, DumpLayer)

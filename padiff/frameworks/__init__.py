@@ -37,6 +37,14 @@ def get_adapter(name: str):
     return _CACHE[name]
 
 
+def tables_for(name: str):
+    """The weight tables of a framework by name, read without importing the framework (the offline
+    dump reader's); None for a framework padiff has no adapter for."""
+    if name not in _ADAPTER_MODULES:
+        return None
+    return importlib.import_module(f"{_ADAPTER_MODULES[name]}_tables").WEIGHT_TABLES
+
+
 def adapters() -> Iterator[object]:
     """Every framework's adapter that can be imported here, in a fixed order (torch, paddle),
     each imported only when the caller asks for the next: a lookup that stops at the first
@@ -46,13 +54,6 @@ def adapters() -> Iterator[object]:
             yield get_adapter(name)
         except ImportError:
             continue
-
-
-def adapter_named(name: str, what: str = "framework"):
-    """The adapter of a framework given by name (``"torch"``); a clear error for another name."""
-    if name not in _ADAPTER_MODULES:
-        raise PadiffError(f"The {what} must be {' or '.join(repr(n) for n in _ADAPTER_MODULES)}, got {name!r}.")
-    return get_adapter(name)
 
 
 def adapter_for(obj, what: str = "object"):

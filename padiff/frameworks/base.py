@@ -23,6 +23,7 @@ The framework adapters also define helpers the core does not call (``device_name
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Dict, List, Optional, Protocol, Set, Tuple, runtime_checkable
 
 import numpy as np
@@ -30,6 +31,33 @@ import numpy as np
 Layer = Any  # a framework's layer / module
 Tensor = Any  # a framework's tensor or parameter
 Handle = Any  # what a hook registration returns; only ``remove_hook`` takes it
+
+
+@dataclass(frozen=True)
+class WeightTables:
+    """What a framework declares for converting weights to and from other frameworks: plain data
+    (``frameworks/<name>_tables.py``) that ``padiff.weights.rules`` makes its shipped rules from."""
+
+    layer_kinds: Dict[str, str]
+    """The framework's built-in layer classes with weights, by class name, and their
+    framework-neutral kind (``"linear"``, ``"conv2d"``, ``"batchnorm2d"``, ``"multiheadattention"``):
+    the shipped conversion rules pair classes of related kinds across frameworks. Where several
+    classes have one kind, the first listed is the one a layer of another framework is taken for
+    when only that other model is known (the checkpoint converter)."""
+    tensor_names: Dict[str, str]
+    """The framework's names of the tensors the shipped rules rename, by a neutral name:
+    ``"batchnorm.mean"``, ``"batchnorm.variance"``, ``"instancenorm.scale"``, ``"prelu.weight"``;
+    the packed attention's ``"attention.packed_weight"``/``"attention.packed_bias"``, its
+    ``"attention.{q,k,v}_weight"``/``"attention.{q,k,v}_bias"``, ``"attention.bias_k"``/``"bias_v"``,
+    ``"attention.out_weight"``/``"attention.out_bias"`` (dotted below the layer); and
+    ``"rnn.projection"``, the LSTM projection weight (a regular expression: it is numbered per
+    layer and direction). A name the framework lacks is left out."""
+    linear_weight_layout: str
+    """``"out_in"`` or ``"in_out"``: how Linear-like weights are stored; the rules transpose them
+    between frameworks that differ."""
+    skipped_buffers: Tuple[str, ...]
+    """Last names of buffers that no other framework has a place for, so weight pairing and the
+    checkpoint converter leave them out (torch's BatchNorm ``num_batches_tracked``)."""
 
 
 @runtime_checkable
@@ -46,10 +74,10 @@ class RecordedModelAdapter(Protocol):
     package_prefix: str
     """The framework's top-level package with a trailing dot (``"torch."``). Declared; the core
     does not read it yet."""
-    skipped_buffers: Tuple[str, ...]
-    """Last names of buffers that no other framework has a place for, so weight pairing and the
-    checkpoint converter leave them out (torch's BatchNorm ``num_batches_tracked``, paddle's RNN
-    ``_dropout_state``)."""
+    weight_tables: "WeightTables"
+    """The framework's tables for converting weights (layer kinds, renamed tensor names, Linear
+    layout, buffers no other framework has), declared in ``frameworks/<name>_tables.py`` so an
+    offline dump has them without the framework."""
 
     # --- objects -----------------------------------------------------------------------------
     def is_layer(self, obj: Any) -> bool:
@@ -130,22 +158,6 @@ class FrameworkAdapter(RecordedModelAdapter, Protocol):
 
     layer_class: str
     """The framework's layer base class as users write it (``"torch.nn.Module"``), for messages."""
-
-    # --- weight conversion tables (``padiff.weights.rules``) ---------------------------------
-    layer_kinds: Dict[str, str]
-    """The framework's built-in layer classes with weights, by class name, and their
-    framework-neutral kind (``"linear"``, ``"conv2d"``, ``"batchnorm2d"``, ``"multiheadattention"``):
-    the shipped conversion rules pair classes of related kinds across frameworks. Where several
-    classes have one kind, the first listed is the one a layer of another framework is taken for
-    when only that other model is known (the checkpoint converter)."""
-    tensor_names: Dict[str, str]
-    """The framework's names of the tensors the shipped rules rename, by a neutral name:
-    ``"batchnorm.mean"``, ``"batchnorm.variance"``, ``"instancenorm.scale"``, ``"prelu.weight"``;
-    the packed attention's ``"attention.packed_weight"``/``"attention.packed_bias"``, its
-    ``"attention.{q,k,v}_weight"``/``"attention.{q,k,v}_bias"``, ``"attention.bias_k"``/``"bias_v"``,
-    ``"attention.out_weight"``/``"attention.out_bias"`` (dotted below the layer); and
-    ``"rnn.projection"``, the LSTM projection weight (a regular expression: it is numbered per
-    layer and direction). A name the framework lacks is left out."""
 
     # --- state files (the checkpoint converter) ----------------------------------------------
     state_file_suffixes: Tuple[str, ...]

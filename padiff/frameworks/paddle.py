@@ -10,6 +10,7 @@ import numpy as np
 import paddle
 
 from .base import FrameworkAdapter
+from .paddle_tables import WEIGHT_TABLES
 
 _CONTAINERS = (paddle.nn.Sequential, paddle.nn.LayerList, paddle.nn.LayerDict)
 # Tensor-parallel layer classes, by class name: paddle.distributed.fleet.meta_parallel's (and
@@ -28,29 +29,6 @@ _NUMPY_OK = ("float32", "float64", "int8", "int16", "int32", "int64", "uint8", "
              "complex64", "complex128")
 
 
-# Built-in layer classes with weights -> their neutral kind (padiff.weights.rules pairs kinds
-# across frameworks); the first class of a kind is the one another framework's layer is taken for.
-_LAYER_KINDS = {
-    "Linear": "linear", "Conv1D": "conv1d", "Conv2D": "conv2d", "Conv3D": "conv3d",
-    "Conv1DTranspose": "convtranspose1d", "Conv2DTranspose": "convtranspose2d", "Conv3DTranspose": "convtranspose3d",
-    "InstanceNorm1D": "instancenorm1d", "InstanceNorm2D": "instancenorm2d", "InstanceNorm3D": "instancenorm3d",
-    "BatchNorm": "batchnorm2d", "BatchNorm1D": "batchnorm1d", "BatchNorm2D": "batchnorm2d",
-    "BatchNorm3D": "batchnorm3d", "SyncBatchNorm": "syncbatchnorm", "LayerNorm": "layernorm",
-    "GroupNorm": "groupnorm", "Embedding": "embedding", "PReLU": "prelu", "LSTM": "lstm", "GRU": "gru",
-    "SimpleRNN": "rnn", "MultiHeadAttention": "multiheadattention",
-}
-# Tensor names the shipped rules rename, by neutral name (see FrameworkAdapter.tensor_names).
-_TENSOR_NAMES = {
-    "batchnorm.mean": "_mean", "batchnorm.variance": "_variance",
-    "instancenorm.scale": "scale", "prelu.weight": "_weight",
-    "attention.q_weight": "q_proj.weight", "attention.k_weight": "k_proj.weight",
-    "attention.v_weight": "v_proj.weight", "attention.q_bias": "q_proj.bias",
-    "attention.k_bias": "k_proj.bias", "attention.v_bias": "v_proj.bias",
-    "attention.out_weight": "out_proj.weight", "attention.out_bias": "out_proj.bias",
-    "rnn.projection": r"cell\.weight_ho",
-}
-
-
 def _norm(flat: np.ndarray) -> float:
     flat = flat if flat.dtype in (np.float32, np.float64) else flat.astype(np.float32)
     return math.sqrt(float(np.dot(flat, flat)))
@@ -65,9 +43,7 @@ class Adapter(FrameworkAdapter):
     linear_weight_layout = "in_out"  # Linear.weight is [in_features, out_features]
     package_prefix = "paddle."
     layer_class = "paddle.nn.Layer"
-    skipped_buffers = ("_dropout_state",)  # the RNNs' dropout state: no other framework keeps one
-    layer_kinds = _LAYER_KINDS
-    tensor_names = _TENSOR_NAMES
+    weight_tables = WEIGHT_TABLES  # declared in paddle_tables.py, which offline dumps read too
     # State files: paddle.save writes them; paddleformers' save_pretrained names one model_state.pdparams.
     state_file_suffixes = (".pdparams",)
     state_file_label = ".pdparams"

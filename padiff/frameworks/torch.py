@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .base import FrameworkAdapter
+from .torch_tables import WEIGHT_TABLES
 
 _NUMPY_OK = (torch.float16, torch.float32, torch.float64, torch.int8, torch.int16, torch.int32,
              torch.int64, torch.uint8, torch.bool, torch.complex64, torch.complex128)
@@ -24,30 +25,6 @@ _RANDOM = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dr
            torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)
 
 
-# Built-in layer classes with weights -> their neutral kind (padiff.weights.rules pairs kinds
-# across frameworks); the first class of a kind is the one another framework's layer is taken for.
-_LAYER_KINDS = {
-    "Linear": "linear", "NonDynamicallyQuantizableLinear": "linear", "LazyLinear": "linear",
-    "Conv1d": "conv1d", "Conv2d": "conv2d", "Conv3d": "conv3d",
-    "ConvTranspose1d": "convtranspose1d", "ConvTranspose2d": "convtranspose2d", "ConvTranspose3d": "convtranspose3d",
-    "InstanceNorm1d": "instancenorm1d", "InstanceNorm2d": "instancenorm2d", "InstanceNorm3d": "instancenorm3d",
-    "BatchNorm1d": "batchnorm1d", "BatchNorm2d": "batchnorm2d", "BatchNorm3d": "batchnorm3d",
-    "SyncBatchNorm": "syncbatchnorm", "LayerNorm": "layernorm", "GroupNorm": "groupnorm",
-    "Embedding": "embedding", "PReLU": "prelu", "LSTM": "lstm", "GRU": "gru", "RNN": "rnn",
-    "MultiheadAttention": "multiheadattention",
-}
-# Tensor names the shipped rules rename, by neutral name (see FrameworkAdapter.tensor_names).
-_TENSOR_NAMES = {
-    "batchnorm.mean": "running_mean", "batchnorm.variance": "running_var",
-    "instancenorm.scale": "weight", "prelu.weight": "weight",
-    "attention.packed_weight": "in_proj_weight", "attention.packed_bias": "in_proj_bias",
-    "attention.q_weight": "q_proj_weight", "attention.k_weight": "k_proj_weight",
-    "attention.v_weight": "v_proj_weight", "attention.bias_k": "bias_k", "attention.bias_v": "bias_v",
-    "attention.out_weight": "out_proj.weight", "attention.out_bias": "out_proj.bias",
-    "rnn.projection": r"weight_hr_l\d+(_reverse)?",
-}
-
-
 class Adapter(FrameworkAdapter):
     name = "torch"
     title = "Torch"
@@ -58,9 +35,7 @@ class Adapter(FrameworkAdapter):
     linear_weight_layout = "out_in"  # Linear.weight is [out_features, in_features]
     package_prefix = "torch."
     layer_class = "torch.nn.Module"
-    skipped_buffers = ("num_batches_tracked",)  # BatchNorm's step counter: no other framework keeps one
-    layer_kinds = _LAYER_KINDS
-    tensor_names = _TENSOR_NAMES
+    weight_tables = WEIGHT_TABLES  # declared in torch_tables.py, which offline dumps read too
     # State files: torch.save writes them; Hugging Face's save_pretrained names one pytorch_model.bin.
     state_file_suffixes = (".pth", ".pt", ".bin", ".ckpt")
     state_file_label = ".pth/.bin"

@@ -72,7 +72,7 @@ def state_of(ad, layer, whole: bool):
     buffers = ad.all_buffers(layer) if whole else ad.own_buffers(layer)
     transient = transient_names(ad, layer, whole) if buffers else ()
     out = [(n, t, True) for n, t in params]
-    out += [(n, t, False) for n, t in buffers if _last(n) not in ad.skipped_buffers and n not in transient]
+    out += [(n, t, False) for n, t in buffers if _last(n) not in ad.weight_tables.skipped_buffers and n not in transient]
     return out
 
 

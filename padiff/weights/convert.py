@@ -82,7 +82,7 @@ class Frameworks:
 
     def skipped(self) -> Tuple[str, ...]:
         """Buffers no conversion carries, of either framework."""
-        return tuple(self.ref.skipped_buffers) + tuple(self.port.skipped_buffers)
+        return tuple(self.ref.weight_tables.skipped_buffers) + tuple(self.port.weight_tables.skipped_buffers)
 
 
 class ConvertFailed(PadiffError):
@@ -187,8 +187,8 @@ def _forward(table, ckpt, plan, fw: Frameworks):
         table.rows.append(ConvertRow(src_key, shape_in(ckpt, src_key), action_of(link.converted), dks[0], shape, note))
         conv = link.converted
         table.add(Job(dks, shape, readers[0][1], lambda c=conv, r=readers: c.apply([read() for read, _ in r])))
-    finish(table, ckpt, used, dst.adapter.state_items(dst.model), dst.adapter, dst.adapter.name, src.adapter.skipped_buffers,
-           fw.skipped())
+    finish(table, ckpt, used, dst.adapter.state_items(dst.model), dst.adapter, dst.adapter.name,
+           src.adapter.weight_tables.skipped_buffers, fw.skipped())
 
 
 # --- mode 2: the port model only ---------------------------------------------------------------
@@ -228,14 +228,14 @@ def _through_port_model(table, ckpt, fw: Frameworks, layer_map):
     for unit in units_of(side, layer_map, whole_if=has_rule):
         for leaf in _leaves(fw, unit.layer, strip_root(unit.path), unit.tensors, unit.whole):
             _convert_leaf(table, ckpt, fw, keys, used, *leaf)
-    finish(table, ckpt, used, ad.state_items(model), ad, ad.name, fw.ref.skipped_buffers, fw.skipped())
+    finish(table, ckpt, used, ad.state_items(model), ad, ad.name, fw.ref.weight_tables.skipped_buffers, fw.skipped())
 
 
 def _convert_leaf(table, ckpt, fw: Frameworks, keys, used, prefix, layer, tensors, guess, whole) -> None:
     """One port layer's tensors from the checkpoint keys under its path (``used``: keys taken)."""
     ad = fw.port
     lead = prefix + "." if prefix else ""
-    dropped = fw.ref.skipped_buffers
+    dropped = fw.ref.weight_tables.skipped_buffers
     if whole:
         src_keys = [k for k in ckpt if k.startswith(lead) and k not in used and last_name(k) not in dropped]
     else:
@@ -296,10 +296,10 @@ class _ByNames:
 
     def __init__(self, table, ckpt, fw: Frameworks, classes: Optional[Dict[str, str]]):
         self.table, self.ckpt, self.fw, self.classes = table, ckpt, fw, classes
-        self.src_names, self.dst_names = fw.ref.tensor_names, fw.port.tensor_names
+        self.src_names, self.dst_names = fw.ref.weight_tables.tensor_names, fw.port.weight_tables.tensor_names
         projection = self.src_names.get("rnn.projection")
         self.projection = re.compile(projection) if projection else None
-        self.flip = fw.ref.linear_weight_layout != fw.port.linear_weight_layout
+        self.flip = fw.ref.weight_tables.linear_weight_layout != fw.port.weight_tables.linear_weight_layout
         self.singles = {self.src_names.get(f"attention.{p}_weight"): p for p in "qkv"}
         self.singles.pop(None, None)
 
@@ -317,7 +317,7 @@ class _ByNames:
         known = self.classes is not None
         fam = family(self.classes[layer]) if known and layer in self.classes else None
         n = self.src_names
-        if last in self.fw.ref.skipped_buffers:
+        if last in self.fw.ref.weight_tables.skipped_buffers:
             self.table.rows.append(ConvertRow(key, tuple(arr.shape), "dropped", "", None,
                                               f"{self.fw.port.name} has no such tensor"))
         elif last in (n.get("batchnorm.mean"), n.get("batchnorm.variance")):

@@ -187,8 +187,9 @@ def backward(table, ckpt, plan):
             table.rows.append(ConvertRow(src_key, shape_in(ckpt, src_key), action, tks[0], shape, note))
             table.add(Job(tks, shape, dtype, lambda i=inverse, tid=tid: i.take(tid)))
     _added(table, src, names)
-    finish(table, ckpt, used, src.adapter.state_items(src.model), src.adapter, names[0], src.adapter.skipped_buffers,
-           src.adapter.skipped_buffers + dst.adapter.skipped_buffers)
+    dropped = src.adapter.weight_tables.skipped_buffers
+    finish(table, ckpt, used, src.adapter.state_items(src.model), src.adapter, names[0], dropped,
+           dropped + dst.adapter.weight_tables.skipped_buffers)
 
 
 def _added(table, src, names) -> None:
@@ -196,7 +197,7 @@ def _added(table, src, names) -> None:
     num_batches_tracked): the source model's own value, or 0 for a model built without values."""
     filled = set(table.keys)
     for key, t in src.adapter.state_items(src.model):
-        if key in filled or last_name(key) not in src.adapter.skipped_buffers:
+        if key in filled or last_name(key) not in src.adapter.weight_tables.skipped_buffers:
             continue
         has = src.adapter.has_data(t)
         table.rows.append(ConvertRow("", None, "added", key, tuple(src.adapter.shape(t)),

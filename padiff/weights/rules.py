@@ -252,10 +252,11 @@ def rules() -> List[Rule]:
 
 def counterpart_class(class_name: str, ad, other_ad) -> str:
     """The class of ``other_ad``'s framework a ``class_name`` layer of ``ad``'s stands for: the
-    first of its kind in ``other_ad.layer_kinds`` (``BatchNorm2D`` -> ``BatchNorm2d``); the name
+    first of its kind in its ``weight_tables.layer_kinds`` (``BatchNorm2D`` -> ``BatchNorm2d``); the name
     itself for a class no table lists."""
-    kind = ad.layer_kinds.get(class_name)
-    return next((c for c, k in other_ad.layer_kinds.items() if k == kind), class_name) if kind else class_name
+    kind = ad.weight_tables.layer_kinds.get(class_name)
+    others = other_ad.weight_tables.layer_kinds
+    return next((c for c, k in others.items() if k == kind), class_name) if kind else class_name
 
 
 # --- class families: which classes of the two frameworks are "the same kind" ---------------
@@ -281,18 +282,18 @@ def family(class_name: str) -> str:
 
 # --- shipped rules: recipes between kinds, the names from the two adapters' tables ------------
 #
-# A recipe says which kinds of layer it converts (the adapters' ``layer_kinds``) and makes the
-# convert function for a pair of adapters, with their tensor names (``tensor_names``) and Linear
-# layouts (``linear_weight_layout``); ``shipped_rules`` turns the recipes into rules between the
-# two frameworks' classes.
+# A recipe says which kinds of layer it converts (the frameworks' ``layer_kinds``) and makes the
+# convert function for a pair of frameworks from their weight tables (``WeightTables``: tensor
+# names, Linear layouts); ``shipped_rules`` turns the recipes into rules between the two
+# frameworks' classes.
 
-def _flips(src_ad, dst_ad) -> bool:
+def _flips(src, dst) -> bool:
     """Linear-like weights are transposed when the two frameworks store them the other way round."""
-    return src_ad.linear_weight_layout != dst_ad.linear_weight_layout
+    return src.linear_weight_layout != dst.linear_weight_layout
 
 
-def _linear(src_ad, dst_ad):
-    transpose = ("weight",) if _flips(src_ad, dst_ad) else ()
+def _linear(src_t, dst_t):
+    transpose = ("weight",) if _flips(src_t, dst_t) else ()
 
     def convert(src, dst, *, src_kind, dst_kind):
         return in_order(src, dst, src_kind=src_kind, dst_kind=dst_kind, transpose=transpose)
@@ -304,8 +305,8 @@ def _renaming(*roles):
     Conv and ConvTranspose weights have one layout in both frameworks ([out, in/groups, *k] and
     [in, out/groups, *k]), LayerNorm/GroupNorm/Embedding likewise; BatchNorm statistics, the
     InstanceNorm scale and the PReLU weight differ in name only."""
-    def make(src_ad, dst_ad):
-        s, d = src_ad.tensor_names, dst_ad.tensor_names
+    def make(src_t, dst_t):
+        s, d = src_t.tensor_names, dst_t.tensor_names
         names = {s[r]: d[r] for r in roles if r in s and r in d}
 
         def convert(src, dst, *, src_kind, dst_kind):
@@ -314,24 +315,24 @@ def _renaming(*roles):
     return make
 
 
-def _rnn(src_ad, dst_ad):
+def _rnn(src_t, dst_t):
     # Both frameworks keep gate order (LSTM i,f,g,o; GRU r,z,n) and the same input/hidden weight
     # and bias layouts, layer by layer and direction by direction. The LSTM projection (torch's
     # weight_hr_l{k} [proj, hidden], paddle's cell weight_ho [hidden, proj]) is stored the other
     # way round; the flat names then shift, so tensors pair in order, not by name.
-    pattern = src_ad.tensor_names.get("rnn.projection")
-    transpose = (re.compile(pattern),) if pattern and _flips(src_ad, dst_ad) else ()
+    pattern = src_t.tensor_names.get("rnn.projection")
+    transpose = (re.compile(pattern),) if pattern and _flips(src_t, dst_t) else ()
 
     def convert(src, dst, *, src_kind, dst_kind):
         return in_order(src, dst, src_kind=src_kind, dst_kind=dst_kind, transpose=transpose)
     return convert
 
 
-def _attention(src_ad, dst_ad):
-    names = {k.split(".", 1)[1]: v for k, v in src_ad.tensor_names.items() if k.startswith("attention.")}
+def _attention(src_t, dst_t):
+    names = {k.split(".", 1)[1]: v for k, v in src_t.tensor_names.items() if k.startswith("attention.")}
     if "packed_weight" not in names:
         return None  # the source framework has no packed attention layer
-    flips = _flips(src_ad, dst_ad)
+    flips = _flips(src_t, dst_t)
 
     def convert(src, dst, *, src_kind, dst_kind):
         return _mha(src, dst, src_kind=src_kind, dst_kind=dst_kind, names=names, flip_weights=flips)
@@ -366,14 +367,15 @@ def shipped_rules(src_ad, dst_ad) -> List[Rule]:
     every pair of their classes of its kinds (made once per pair of frameworks)."""
     key = (src_ad.name, dst_ad.name)
     if key not in _SHIPPED:
+        src_t, dst_t = src_ad.weight_tables, dst_ad.weight_tables
         out = []
         for src_kinds, dst_kinds, recipe, description in RECIPES:
-            convert = recipe(src_ad, dst_ad)
+            convert = recipe(src_t, dst_t)
             if convert is None:
                 continue
-            dst_classes = ["*"] if dst_kinds == "*" else [c for c, k in dst_ad.layer_kinds.items() if k in dst_kinds]
+            dst_classes = ["*"] if dst_kinds == "*" else [c for c, k in dst_t.layer_kinds.items() if k in dst_kinds]
             out += [Rule(s, d, convert, True, description, True)
-                    for s, k in src_ad.layer_kinds.items() if k in src_kinds for d in dst_classes]
+                    for s, k in src_t.layer_kinds.items() if k in src_kinds for d in dst_classes]
         _SHIPPED[key] = out
     return _SHIPPED[key]
 
