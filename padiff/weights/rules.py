@@ -342,22 +342,22 @@ def _attention(src_t, dst_t):
 _BATCHNORMS = ("batchnorm1d", "batchnorm2d", "batchnorm3d", "syncbatchnorm")
 # (source kinds, destination kinds or "*", recipe, description), in the order they were written.
 RECIPES = [
-    (("linear",), ("linear",), _linear, "Linear: weight transposed ([out, in] -> [in, out])"),
+    (("linear",), ("linear",), _linear, "Linear: weight transposed where the layouts differ ([out, in] / [in, out])"),
     *[r for n in (1, 2, 3) for r in (
         ((f"conv{n}d",), (f"conv{n}d",), _renaming(), "Conv: same layout [out, in/groups, *k]"),
         ((f"convtranspose{n}d",), (f"convtranspose{n}d",), _renaming(),
          "ConvTranspose: same layout [in, out/groups, *k]"),
         ((f"instancenorm{n}d",), (f"instancenorm{n}d",), _renaming("instancenorm.scale"),
-         "InstanceNorm: weight -> scale"))],
+         "InstanceNorm: scale renamed"))],
     (_BATCHNORMS, _BATCHNORMS, _renaming("batchnorm.mean", "batchnorm.variance"),
-     "BatchNorm: running_mean -> _mean, running_var -> _variance (num_batches_tracked dropped)"),
+     "BatchNorm: running statistics renamed (a step counter the other side lacks dropped)"),
     *[((k,), (k,), _renaming(), f"{k}: same names and layout") for k in ("layernorm", "groupnorm", "embedding")],
-    (("prelu",), ("prelu",), _renaming("prelu.weight"), "PReLU: weight -> _weight"),
-    (("lstm",), ("lstm",), _rnn, "LSTM: same gate order (i, f, g, o); weight_hr transposed"),
+    (("prelu",), ("prelu",), _renaming("prelu.weight"), "PReLU: weight renamed"),
+    (("lstm",), ("lstm",), _rnn, "LSTM: same gate order (i, f, g, o); the projection transposed"),
     (("gru",), ("gru",), _rnn, "GRU: same gate order (r, z, n)"),
     (("rnn",), ("rnn",), _rnn, "RNN: same layout"),
     (("multiheadattention",), "*", _attention,
-     "MultiheadAttention: in_proj_weight split into q/k/v projections, all transposed"),
+     "MultiheadAttention: packed q/k/v split into projections, all transposed"),
 ]
 _SHIPPED: Dict[Tuple[str, str], List[Rule]] = {}
 
