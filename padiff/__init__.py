@@ -13,9 +13,7 @@ from .dump import compare_dumps, dump, load_dump
 from .errors import PadiffError, PadiffInternalError
 from .options import Options, build_options
 from .reprod import ReprodDiffHelper, ReprodLogger, check_checkpoints
-from .weights.api import assign_weight
-from .weights.layer_map import LayerMap
-from .weights.convert import convert_checkpoint
+from .porting import LayerMap, assign_weight, convert_checkpoint
 from .weights.rules import Converted, RuleError, register_rule
 
 __all__ = [

@@ -24,7 +24,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 from .compare.metrics import CALIBRATION_K, UNIT_ROUNDOFF
 from .errors import PadiffError
-from .frameworks import adapter_for
+from .frameworks import adapter_for, type_choices
 from .options import build_options
 from .report.run import Printer
 from .run.live import prepare_live
@@ -166,7 +166,7 @@ def calibrate(model, inputs, *, dtype: str = "float64", loss_fn=None, k: float =
     and one for the model's own precision. The model itself is neither run nor changed."""
     ad = adapter_for(model, "model")
     if not ad.is_layer(model):
-        raise PadiffError(f"calibrate takes a model (torch.nn.Module or paddle.nn.Layer), got {type(model).__name__}.")
+        raise PadiffError(f"calibrate takes a model ({type_choices('model')}), got {type(model).__name__}.")
     if dtype not in UNIT_ROUNDOFF:
         raise PadiffError(f"calibrate dtype={dtype!r} is not one of {', '.join(UNIT_ROUNDOFF)}.")
     if not k > 0:

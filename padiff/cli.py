@@ -233,7 +233,7 @@ def checkpoints_main(argv: Sequence[str]) -> int:
 # --- padiff convert ---------------------------------------------------------------------------------
 
 def convert_main(argv: Sequence[str]) -> int:
-    from .weights.convert import main
+    from .convert_cli import main
 
     return main(list(argv))
 

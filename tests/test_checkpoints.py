@@ -32,7 +32,8 @@ import torch  # noqa: E402
 from padiff import PadiffError, register_rule  # noqa: E402
 from padiff.weights.checkpoint import (SafetensorsWriter, TensorInfo, open_checkpoint,  # noqa: E402
                                        write_safetensors)
-from padiff.weights.convert import convert_checkpoint, main  # noqa: E402
+from padiff.convert_cli import main
+from padiff.porting import convert_checkpoint  # noqa: E402
 from padiff.weights.rules import Converted, _RULES  # noqa: E402
 
 st_numpy = pytest.importorskip("safetensors.numpy")
@@ -381,7 +382,7 @@ def zoo(tmp_path_factory):
     folder = tmp_path_factory.mktemp("zoo")
     (folder / "zoo_models.py").write_text(FACTORIES)
     spec = f"{folder / 'zoo_models.py'}"
-    from padiff.weights.convert import load_object
+    from padiff.convert_cli import load_object
 
     return spec, lambda name: load_object(f"{spec}:{name}", "test")
 

@@ -15,7 +15,8 @@ import torch
 from models_weights import (PaddleMHABlock, PaddleResNet, TorchResNet, TorchTransformerBlock, max_diff,
                             randomize_bn, seeded)
 from padiff import LayerMap, PadiffError
-from padiff.weights.convert import convert_checkpoint, main
+from padiff.convert_cli import main
+from padiff.porting import convert_checkpoint
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 TOL = 1e-5

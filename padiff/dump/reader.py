@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ..errors import PadiffError
-from ..frameworks import names_of
+from ..frameworks import names_of, tables_for
 from ..frameworks.base import RecordedModelAdapter
 from ..record.trace import Node, SourceFrame, TensorRecord, Trace
 from .format import manifest_files, read_manifest
@@ -142,6 +142,7 @@ class DumpAdapter(RecordedModelAdapter):
         names = names_of(self.name)
         self.reference_rank = names.reference_rank if names else -1
         self.api_spellings = dict(names.api_spellings) if names else {}
+        self.weight_tables = tables_for(self.name)  # declared data, read without the framework
 
     def is_layer(self, obj) -> bool:
         return isinstance(obj, DumpLayer)

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..compare.overlap import wants_overlap
 from ..errors import PadiffError, PadiffInternalError
-from ..frameworks import adapter_for
+from ..frameworks import adapter_for, type_choices
 from ..options import build_options
 from ..record.trace import TensorRecord, Trace
 from ..report.console import P
@@ -105,7 +105,7 @@ def _check_arguments(model, loss_fn, optimizer, scheduler):
     """The model's adapter; a PadiffError for what is not one model and its own functions."""
     ad = adapter_for(model, "model")
     if not ad.is_layer(model):
-        raise PadiffError(f"padiff.dump takes a model (torch.nn.Module or paddle.nn.Layer), got a "
+        raise PadiffError(f"padiff.dump takes a model ({type_choices('model')}), got a "
                           f"{type(model).__name__}.")
     for value, what in ((loss_fn, "loss_fn"), (optimizer, "optimizer"), (scheduler, "scheduler")):
         if isinstance(value, (list, tuple)):

@@ -12,7 +12,7 @@ them where it has no adapter at hand (a dump, a message listing what to pass, th
 from __future__ import annotations
 
 import importlib
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 from ..errors import PadiffError
 from .base import FrameworkNames
@@ -67,6 +67,25 @@ def type_choices(*roles: str, joiner: str = "or") -> str:
     or a paddle.nn.Layer"."""
     choices = ["a " + n for n in type_names(*roles)]
     return choices[0] if len(choices) == 1 else f"{', '.join(choices[:-1])} {joiner} {choices[-1]}"
+
+
+def tables_for(name: str):
+    """The weight tables of a framework by name, read without importing the framework (the offline
+    dump reader's); None for a framework padiff has no adapter for."""
+    if name not in _ADAPTER_MODULES:
+        return None
+    return importlib.import_module(f"{_ADAPTER_MODULES[name]}_tables").WEIGHT_TABLES
+
+
+def adapters() -> Iterator[object]:
+    """Every framework's adapter that can be imported here, in a fixed order (torch, paddle),
+    each imported only when the caller asks for the next: a lookup that stops at the first
+    framework that fits imports no other."""
+    for name in _ADAPTER_MODULES:
+        try:
+            yield get_adapter(name)
+        except ImportError:
+            continue
 
 
 def adapter_for(obj, what: str = "object"):

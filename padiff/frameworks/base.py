@@ -53,6 +53,9 @@ class FrameworkNames:
     """The name as the reports write it (``"Torch"``)."""
     product: str
     """The project's own name, for the command line's description (``"PyTorch"``)."""
+    distribution: str
+    """The name it installs under (``pip install paddlepaddle``): the HTML report's versions list
+    names the framework so."""
     reference_rank: int
     """Which framework is the reference when two differ: the higher rank (the seeds copy torch's
     weights into the paddle port, so torch ranks above paddle)."""
@@ -72,6 +75,33 @@ class FrameworkNames:
     """The framework's names of operations (the last part of a traced call's name, dunders and
     in-place ``_`` stripped) that frameworks spell differently, mapped to the one name calls pair by:
     ``"concat": "cat"``, ``"clip": "clamp"``, ``"mm": "matmul"``."""
+
+
+@dataclass(frozen=True)
+class WeightTables:
+    """What a framework declares for converting weights to and from other frameworks: plain data
+    (``frameworks/<name>_tables.py``) that ``padiff.weights.rules`` makes its shipped rules from."""
+
+    layer_kinds: Dict[str, str]
+    """The framework's built-in layer classes with weights, by class name, and their
+    framework-neutral kind (``"linear"``, ``"conv2d"``, ``"batchnorm2d"``, ``"multiheadattention"``):
+    the shipped conversion rules pair classes of related kinds across frameworks. Where several
+    classes have one kind, the first listed is the one a layer of another framework is taken for
+    when only that other model is known (the checkpoint converter)."""
+    tensor_names: Dict[str, str]
+    """The framework's names of the tensors the shipped rules rename, by a neutral name:
+    ``"batchnorm.mean"``, ``"batchnorm.variance"``, ``"instancenorm.scale"``, ``"prelu.weight"``;
+    the packed attention's ``"attention.packed_weight"``/``"attention.packed_bias"``, its
+    ``"attention.{q,k,v}_weight"``/``"attention.{q,k,v}_bias"``, ``"attention.bias_k"``/``"bias_v"``,
+    ``"attention.out_weight"``/``"attention.out_bias"`` (dotted below the layer); and
+    ``"rnn.projection"``, the LSTM projection weight (a regular expression: it is numbered per
+    layer and direction). A name the framework lacks is left out."""
+    linear_weight_layout: str
+    """``"out_in"`` or ``"in_out"``: how Linear-like weights are stored; the rules transpose them
+    between frameworks that differ."""
+    skipped_buffers: Tuple[str, ...]
+    """Last names of buffers that no other framework has a place for, so weight pairing and the
+    checkpoint converter leave them out (torch's BatchNorm ``num_batches_tracked``)."""
 
 
 @runtime_checkable
@@ -94,6 +124,10 @@ class RecordedModelAdapter(Protocol):
     api_spellings: Dict[str, str]
     """The framework's spellings of operations mapped to the names calls of two frameworks pair by
     (:attr:`FrameworkNames.api_spellings`); a recorded trace carries them to the pairing."""
+    weight_tables: "WeightTables"
+    """The framework's tables for converting weights (layer kinds, renamed tensor names, Linear
+    layout, buffers no other framework has), declared in ``frameworks/<name>_tables.py`` so an
+    offline dump has them without the framework."""
 
     # --- objects -----------------------------------------------------------------------------
     def is_layer(self, obj: Any) -> bool:
@@ -176,6 +210,31 @@ class FrameworkAdapter(RecordedModelAdapter, Protocol):
     """Names of :meth:`api_tensor_class`'s methods to trace; those that exist are wrapped."""
     api_not_ops: FrozenSet[str]
     """Public names of :meth:`api_functional`'s module that are no operations: not wrapped."""
+
+    layer_class: str
+    """The framework's layer base class as users write it (``"torch.nn.Module"``), for messages."""
+
+    # --- state files (the checkpoint converter) ----------------------------------------------
+    state_file_suffixes: Tuple[str, ...]
+    """Lower-case suffixes of the framework's own state-dict files (what ``load_file`` reads and
+    ``save_raw`` writes), the one padiff suggests first."""
+    state_file_label: str
+    """How messages name those files (``".pth/.bin"``)."""
+    state_file_zip: bool
+    """Whether the framework's state files are zip archives: a zip of another name is taken for
+    one of them."""
+    state_file_names: Tuple[str, ...]
+    """File names a pretrained-model folder keeps this framework's state dict under
+    (``"pytorch_model.bin"``)."""
+    safetensors_formats: Tuple[str, ...]
+    """Values of a safetensors file's ``format`` metadata that mean this framework's layout; the
+    first is the one padiff writes."""
+    lazy_build: str
+    """How a model is built without values in this framework, for messages (``"on the meta device"``;
+    ``has_data`` is False for its tensors)."""
+    save_call: str
+    """How a user saves a state dict with this framework, for messages
+    (``"torch.save(model.state_dict(), path)"``)."""
 
     # --- objects -----------------------------------------------------------------------------
     def copy_layer(self, layer: Layer, dtype_name: Optional[str] = None) -> Layer:

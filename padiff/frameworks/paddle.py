@@ -11,6 +11,7 @@ import paddle
 
 from .base import FrameworkAdapter
 from .paddle_names import NAMES
+from .paddle_tables import WEIGHT_TABLES
 
 _CONTAINERS = (paddle.nn.Sequential, paddle.nn.LayerList, paddle.nn.LayerDict)
 # Tensor-parallel layer classes, by class name: paddle.distributed.fleet.meta_parallel's (and
@@ -48,6 +49,16 @@ class Adapter(FrameworkAdapter):
     parallel_layer_classes = _PARALLEL_LAYERS  # tensor-parallel classes by name: their layout
     linear_weight_layout = "in_out"  # Linear.weight is [in_features, out_features]
     package_prefix = "paddle."
+    layer_class = "paddle.nn.Layer"
+    weight_tables = WEIGHT_TABLES  # declared in paddle_tables.py, which offline dumps read too
+    # State files: paddle.save writes them; paddleformers' save_pretrained names one model_state.pdparams.
+    state_file_suffixes = (".pdparams",)
+    state_file_label = ".pdparams"
+    state_file_zip = False
+    state_file_names = ("model_state.pdparams",)
+    safetensors_formats = ("np", "pd", "paddle")
+    lazy_build = "under paddle.LazyGuard"  # how a model is built without values
+    save_call = "paddle.save(model.state_dict(), path)"
 
     # --- objects -------------------------------------------------------------------------
     def is_layer(self, obj) -> bool:

@@ -8,6 +8,7 @@ NAMES = FrameworkNames(
     name="paddle",
     title="Paddle",
     product="PaddlePaddle",
+    distribution="paddlepaddle",
     reference_rank=0,  # the port under test, when the other model is torch's
     type_names={"model": "paddle.nn.Layer", "tensor": "paddle.Tensor", "loader": "paddle.io.DataLoader",
                 "scheduler": "paddle.optimizer.lr.LRScheduler"},

@@ -13,6 +13,7 @@ import torch
 
 from .base import FrameworkAdapter
 from .torch_names import NAMES
+from .torch_tables import WEIGHT_TABLES
 
 _NUMPY_OK = (torch.float16, torch.float32, torch.float64, torch.int8, torch.int16, torch.int32,
              torch.int64, torch.uint8, torch.bool, torch.complex64, torch.complex128)
@@ -39,6 +40,16 @@ class Adapter(FrameworkAdapter):
     parallel_layer_classes = _PARALLEL_LAYERS  # tensor-parallel classes by name: their layout
     linear_weight_layout = "out_in"  # Linear.weight is [out_features, in_features]
     package_prefix = "torch."
+    layer_class = "torch.nn.Module"
+    weight_tables = WEIGHT_TABLES  # declared in torch_tables.py, which offline dumps read too
+    # State files: torch.save writes them; Hugging Face's save_pretrained names one pytorch_model.bin.
+    state_file_suffixes = (".pth", ".pt", ".bin", ".ckpt")
+    state_file_label = ".pth/.bin"
+    state_file_zip = True  # every torch.save since 1.6 writes a zip archive
+    state_file_names = ("pytorch_model.bin",)
+    safetensors_formats = ("pt", "torch")
+    lazy_build = "on the meta device"  # how a model is built without values
+    save_call = "torch.save(model.state_dict(), path)"
 
     # --- objects -------------------------------------------------------------------------
     def is_layer(self, obj) -> bool:

@@ -8,6 +8,7 @@ NAMES = FrameworkNames(
     name="torch",
     title="Torch",
     product="PyTorch",
+    distribution="torch",
     reference_rank=1,  # the seeds copy torch's weights into the paddle port: torch is the reference
     type_names={"model": "torch.nn.Module", "tensor": "torch.Tensor", "loader": "torch.utils.data.DataLoader",
                 "scheduler": "torch.optim.lr_scheduler.LRScheduler"},

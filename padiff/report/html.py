@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 from ..compare.result import STAGE_TITLES, register_view
 from ..errors import PadiffError
+from ..frameworks import known_frameworks
 from . import tables
 from .console import ensure_log_dir
 from .tables import fmt_num, short_figure, source_frame, tolerance_use, type_note
@@ -354,7 +355,8 @@ def versions() -> List[Tuple[str, str]]:
     pkg = sys.modules.get("padiff")
     out.append(("padiff", getattr(pkg, "__version__", "?")))
     out.append(("python", platform.python_version()))
-    for label, mod in (("numpy", "numpy"), ("torch", "torch"), ("paddlepaddle", "paddle"), ("jinja2", "jinja2")):
+    modules = [("numpy", "numpy")] + [(fw.distribution, fw.name) for fw in known_frameworks()] + [("jinja2", "jinja2")]
+    for label, mod in modules:
         m = sys.modules.get(mod)
         if m is not None:
             out.append((label, str(getattr(m, "__version__", "?"))))

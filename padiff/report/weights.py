@@ -23,31 +23,24 @@ Hint:
        padiff.register_rule(src_class, dst_class, fn)."""
 
 
-def registration_tree(side, *, unit_keys, here_key, layer_map=None, show_path=False) -> List[str]:
-    from ..weights.assign import layer_tree
-
-    stop = layer_map.stops if layer_map is not None else None
-    rows = layer_tree(side, stop)
+def registration_tree(title: str, rows, *, show_path=False) -> List[str]:
+    """One model's tree from the plan's rows (``TreeRow``: path, class, skip, here), marked as the
+    plan decided: ``(skip)`` and ``<---  *** HERE ***``."""
     nodes = {}
     roots = []
-    for depth, key, path, layer in rows:
-        node = {"key": key, "path": path, "name": type(layer).__name__, "kids": []}
-        nodes[path] = node
-        parent = path.rsplit(".", 1)[0] if "." in path else None
+    marks = {}
+    for row in rows:
+        node = {"path": row.path, "name": row.cls, "kids": []}
+        nodes[row.path] = node
+        parent = row.path.rsplit(".", 1)[0] if "." in row.path else None
         if parent in nodes:
             nodes[parent]["kids"].append(node)
         else:
             roots.append(node)
-    marks = {}
-    for node in nodes.values():
-        mark = ""
-        if node["key"] not in unit_keys:
-            mark = "(skip)"
-        if node["key"] == here_key:
-            mark = (mark + " " + HERE).strip()
+        mark = " ".join(m for m, on in (("(skip)", row.skip), (HERE, row.here)) if on)
         if mark:
             marks[id(node)] = mark
-    lines = [side.title, "=" * 25]
+    lines = [title, "=" * 25]
     for r in roots:
         lines += render_tree(r, lambda n: n["kids"], lambda n: n["name"], marks=marks,
                              path=(lambda n: n["path"]) if show_path else None)
@@ -77,20 +70,17 @@ def copy_failure_message(plan) -> List[str]:
 
 
 def copy_failure_lines(plan, *, first_side, layer_map=None, show_path=False, header: str = "[AutoDiff]") -> List[str]:
-    from ..weights.assign import units_of
-
-    fail = plan.failure
+    """The "Assign weight Failed" report: both layers, what did not fit, and both trees in the
+    user's order (``first_side`` first). ``layer_map`` is not read: the plan's trees already
+    show it (the keyword stays for callers that pass it)."""
     src, dst = plan.src, plan.dst
     # "occured": the seeds' report line, kept as they print it (the exception spells it right)
     lines = [f"{header} Assign weight Failed !!!", "Error occured between:"] + _between(plan)
-    lines.append(fail.message)
+    lines.append(plan.failure.message)
     lines.append("")
-    sides = [src, dst] if first_side is src else [dst, src]
-    for side in sides:
-        unit_keys = {u.key for u in units_of(side, layer_map)}
-        unit = fail.src_unit if side is src else fail.dst_unit
-        lines += registration_tree(side, unit_keys=unit_keys, here_key=unit.key if unit else None,
-                                   layer_map=layer_map, show_path=show_path)
+    trees = [(src, plan.src_tree), (dst, plan.dst_tree)]
+    for side, rows in trees if first_side is src else trees[::-1]:
+        lines += registration_tree(side.title, rows, show_path=show_path)
         lines.append("")
     lines += HINT.splitlines()
     return lines
@@ -181,15 +171,15 @@ def convert_table_lines(table) -> List[str]:
     if guessed:
         lines.append(f"[padiff convert] {_n(len(guessed), 'key')} converted by a guess from the names "
                      f"({', '.join(r.src_key for r in guessed[:5])}{', ...' if len(guessed) > 5 else ''}); "
-                     "pass the paddle model (--paddle-model module:factory) to convert by its layers.")
+                     f"pass the {dst} model (--{dst}-model module:factory) to convert by its layers.")
     missing = [r for r in table.rows if r.action == "unmatched" and r.dst_key]
     if missing:
         lines.append(f"[padiff convert] {_n(len(missing), dst + ' key')} without a source in the checkpoint "
                      f"(they would keep the model's random initial values): "
                      f"{', '.join(r.dst_key for r in missing[:5])}{', ...' if len(missing) > 5 else ''}.")
-        if table.mode == "paddle model":
-            lines.append("[padiff convert] The paddle model's layer names differ from the checkpoint's: give the torch "
-                         "model too (--torch-model module:factory) to pair the layers by structure.")
+        if table.mode == f"{dst} model":
+            lines.append(f"[padiff convert] The {dst} model's layer names differ from the checkpoint's: give the {src} "
+                         f"model too (--{src}-model module:factory) to pair the layers by structure.")
     if table.written:
         files = table.files
         where = files[0] if len(files) == 1 else f"{len(files) - 1} shards and {files[-1]}"

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import PadiffError
 from ..record.recorder import LayerWalk, is_atomic
 from ..side import Side
-from .auto import SKIP_BUFFERS, FusedMatch, Node, build_tree, match_trees, state_of  # noqa: F401 (SKIP_BUFFERS re-exported)
+from .auto import FusedMatch, Node, build_tree, match_trees, state_of
 from .fused import FusedGroup, brace, candidates, conversions, settle
 from .rules import Converted, RuleError, family, find_rule, in_order
 
@@ -124,6 +124,25 @@ class CopyFailure:
 
 
 @dataclass
+class TreeRow:
+    """One layer of a model's tree, as the report of a failed copy draws it (in registration
+    order; layers inside a pair copied as a whole, or ignored recursively, are not drawn)."""
+
+    path: str
+    cls: str
+    skip: bool  # holds no weights that are paired (a wrapper, an ignored layer): marked ``(skip)``
+    here: bool  # the layer the copy failed at: marked ``<---  *** HERE ***``
+
+
+def failure_tree(side: Side, layer_map, here: Optional[Unit]) -> List[TreeRow]:
+    """The rows of one model's tree for the report of a failed copy at unit ``here``."""
+    unit_keys = {u.key for u in units_of(side, layer_map)}
+    stop = layer_map.stops if layer_map is not None else None
+    return [TreeRow(path, type(layer).__name__, key not in unit_keys, here is not None and key == here.key)
+            for _, key, path, layer in layer_tree(side, stop)]
+
+
+@dataclass
 class WeightPlan:
     src: Side
     dst: Side
@@ -136,6 +155,8 @@ class WeightPlan:
     notes: List[str] = field(default_factory=list)
     inner_pairs: List[Tuple[str, str]] = field(default_factory=list)  # (src path, dst path) inside whole pairs
     fused: List[FusedGroup] = field(default_factory=list)  # fused projections, one per kind (fused.py)
+    src_tree: List[TreeRow] = field(default_factory=list)  # both models' trees, when the copy failed
+    dst_tree: List[TreeRow] = field(default_factory=list)
 
     def layer_pairs(self) -> List[Tuple[str, str]]:
         """(source path, destination path) of every pair of layers the plan pairs: units and
@@ -184,6 +205,11 @@ class Ctx:
         view = arr.view()
         view.flags.writeable = False  # a rule must not write into the source model's memory
         return view
+
+
+def rule_lookup(ctx: Ctx):
+    """``rule_for(src_class, dst_class)`` for the matcher: the rule between the two frameworks."""
+    return lambda s_cls, d_cls: find_rule(s_cls, d_cls, ctx.src_ad, ctx.dst_ad)
 
 
 def _join(prefix: str, name: str) -> str:
@@ -242,7 +268,7 @@ def convert_pair(ctx: Ctx, s_layer, d_layer, s_tensors, d_tensors, *, whole: boo
     s_kind, d_kind = f"{ctx.src_ad.name}::{s_cls}", f"{ctx.dst_ad.name}::{d_cls}"
     src_state = [(n, ctx.value(t)) for n, t, _ in s_tensors]
     dst_spec = [(n, tuple(ctx.dst_ad.shape(t))) for n, t, _ in d_tensors]
-    rule = find_rule(s_cls, d_cls, ctx.cross)
+    rule = find_rule(s_cls, d_cls, ctx.src_ad, ctx.dst_ad)
     if rule is not None:
         return _run_rule(rule, src_state, dst_spec, s_kind, d_kind)
     if whole and (_has_inner(ctx.src_ad, s_layer) or _has_inner(ctx.dst_ad, d_layer)):
@@ -259,7 +285,7 @@ def _decompose(ctx: Ctx, s_layer, d_layer, s_path: str, d_path: str) -> List[Con
     """Open a pair copied as a whole and pair its insides by structure."""
     ts = build_tree(ctx.src_ad, s_layer, s_path, ctx.layer_map, enter_root=True)
     td = build_tree(ctx.dst_ad, d_layer, d_path, ctx.layer_map, enter_root=True)
-    found = match_trees(ts, td, lambda a, b, whole: node_compat(ctx, a, b, whole), ctx.cross, linear_dims(ctx))
+    found = match_trees(ts, td, lambda a, b, whole: node_compat(ctx, a, b, whole), rule_lookup(ctx), linear_dims(ctx))
     for nodes, label, other in ((found.unpaired_dst, ctx.dst_ad.name, ctx.src_ad.name),
                                 (found.unpaired_src, ctx.src_ad.name, ctx.dst_ad.name)):
         if nodes:
@@ -466,7 +492,7 @@ def _by_structure(ctx: Ctx, src: Side, dst: Side, layer_map) -> Optional[WeightP
     exclude = frozenset(id(x) for u, v in given for x in (u.layer, v.layer))
     ts = build_tree(ctx.src_ad, src.model, src.name, layer_map, exclude=exclude)
     td = build_tree(ctx.dst_ad, dst.model, dst.name, layer_map, exclude=exclude)
-    found = match_trees(ts, td, lambda a, b, whole: node_compat(ctx, a, b, whole), ctx.cross, linear_dims(ctx))
+    found = match_trees(ts, td, lambda a, b, whole: node_compat(ctx, a, b, whole), rule_lookup(ctx), linear_dims(ctx))
     if not found.complete:
         return None
     plan = WeightPlan(src, dst, how="structure")
@@ -559,6 +585,9 @@ def plan_copy(src: Side, dst: Side, layer_map=None, *, values: Optional[Dict[int
         _transient_links(ctx, plan)
         plan.fused = settle(plan.links, src, dst, ctx.value, probe)
         plan.notes += [g.describe(src.label, dst.label) for g in plan.fused]
+    else:
+        plan.src_tree = failure_tree(src, layer_map, plan.failure.src_unit)
+        plan.dst_tree = failure_tree(dst, layer_map, plan.failure.dst_unit)
     plan.inner_pairs = list(ctx.inner_pairs)
     return plan
 

@@ -25,7 +25,8 @@ The two trees are matched level by level, from the root down:
 
 Leaves left over anywhere are matched once more model-wide. Every candidate pair is checked
 by actually running its conversion rule on the shapes (a transposed Linear fits, a Linear of
-other sizes does not). The result is data; ``report/weights.py`` prints it.
+other sizes does not). The result is data: ``auto_map.py`` makes ``LayerMap.auto``'s findings of
+it, and ``report/weights.py`` prints them.
 """
 
 from __future__ import annotations
@@ -37,10 +38,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from ..record.recorder import is_atomic
-from .rules import family, find_rule
-
-SKIP_BUFFERS = ("num_batches_tracked", "_dropout_state")
-
+from .rules import family
 
 def _last(name: str) -> str:
     return name.rsplit(".", 1)[-1]
@@ -68,12 +66,13 @@ def transient_names(ad, layer, whole: bool) -> set:
 def state_of(ad, layer, whole: bool):
     """[(name, tensor, is_param)]: what a checkpoint holds of the layer, whole or only its own.
     Buffers a checkpoint leaves out (:func:`transient_names`) need no partner and are not
-    listed: ``plan_copy`` handles them apart."""
+    listed: ``plan_copy`` handles them apart; nor are those no other framework has a place for
+    (the adapter's ``skipped_buffers``)."""
     params = ad.all_params(layer) if whole else ad.own_params(layer)
     buffers = ad.all_buffers(layer) if whole else ad.own_buffers(layer)
     transient = transient_names(ad, layer, whole) if buffers else ()
     out = [(n, t, True) for n, t in params]
-    out += [(n, t, False) for n, t in buffers if _last(n) not in SKIP_BUFFERS and n not in transient]
+    out += [(n, t, False) for n, t in buffers if _last(n) not in ad.weight_tables.skipped_buffers and n not in transient]
     return out
 
 
@@ -235,13 +234,14 @@ def _rel_to(n: Node, base: str) -> str:
 class Matcher:
     """Matches two trees. ``compat(src_node, dst_node, whole)`` says whether the pair's state
     converts (it runs the rule); it is called only for candidates of one kind and size.
+    ``rule_for(src_class, dst_class)`` is the conversion rule for two classes, or None.
     ``dims(node, is_src)``, when given, is ``(out_features, in_features, has_bias)`` for a
     Linear leaf and None otherwise: with it, fused Linears are matched with their parts."""
 
-    def __init__(self, compat: Callable[[Node, Node, bool], bool], cross: bool,
+    def __init__(self, compat: Callable[[Node, Node, bool], bool], rule_for: Callable[[str, str], object],
                  dims: Optional[Callable[[Node, bool], Optional[Tuple[int, int, bool]]]] = None):
         self.compat = compat
-        self.cross = cross
+        self.rule_for = rule_for
         self.dims = dims
         self.result = MatchResult()
         self._pool_s: List[Node] = []
@@ -445,7 +445,7 @@ class Matcher:
                     continue  # handled by kind and size
                 if s.own or d.own:
                     continue
-                rule = find_rule(s.cls, d.cls, self.cross)
+                rule = self.rule_for(s.cls, d.cls)
                 if rule is None:
                     continue
                 exact = rule.src_class == s.cls and rule.dst_class == d.cls
@@ -546,98 +546,5 @@ class Matcher:
         return progress
 
 
-def match_trees(ts, td, compat, cross, dims=None) -> MatchResult:
-    return Matcher(compat, cross, dims).run(ts, td)
-
-
-# --- LayerMap.auto --------------------------------------------------------------------------
-
-@dataclass
-class AutoPair:
-    """One pair found by ``LayerMap.auto``, in the user's argument order."""
-
-    first_path: str
-    first_class: str
-    second_path: str
-    second_class: str
-    how: str
-
-
-@dataclass
-class AutoResult:
-    """What ``LayerMap.auto`` found: true when every layer with weights found a partner."""
-
-    first_title: str
-    second_title: str
-    pairs: List[AutoPair] = field(default_factory=list)
-    unpaired_first: List[Tuple[str, str, str]] = field(default_factory=list)  # (path, class, shapes)
-    unpaired_second: List[Tuple[str, str, str]] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return not self.unpaired_first and not self.unpaired_second
-
-
-def _shapes(ad, node: Node) -> str:
-    parts = [f"{n} {list(ad.shape(t))}" for n, t, _ in node.tensors[:4]]
-    if len(node.tensors) > 4:
-        parts.append(f"... ({len(node.tensors)} tensors)")
-    if not node.tensors:
-        parts.append(f"{node.numel} values")
-    return ", ".join(parts)
-
-
-def auto_pairs(layer_map, a, b, stream=None) -> AutoResult:
-    """Pair the layers of models ``a`` and ``b`` by structure, record the pairs in
-    ``layer_map`` (replacing those of an earlier ``auto``) and print them."""
-    import sys
-
-    from ..report.weights import auto_table_lines
-    from ..side import make_sides
-    from .assign import Ctx, linear_dims, node_compat
-    from .fused import brace
-
-    sides, ref_i = make_sides(a, b)
-    src, dst = sides[ref_i], sides[1 - ref_i]
-    layer_map.clear_auto()
-    explicit = layer_map.pairs()
-    exclude = frozenset(id(x) for pair in explicit for x in pair)
-    ctx = Ctx(src.adapter, dst.adapter, src.adapter.name != dst.adapter.name, layer_map)
-    ts = build_tree(src.adapter, src.model, src.name, layer_map, exclude=exclude)
-    td = build_tree(dst.adapter, dst.model, dst.name, layer_map, exclude=exclude)
-    found = match_trees(ts, td, lambda s, d, whole: node_compat(ctx, s, d, whole), ctx.cross, linear_dims(ctx))
-    layer_map.set_auto([(m.src.layer, m.dst.layer, m.whole or not (m.src.own or m.dst.own)) for m in found.pairs])
-
-    first_is_src = ref_i == 0
-    res = AutoResult(sides[0].label, sides[1].label)
-    for x, y in explicit:
-        xs = _find_path(src, x) or _find_path(dst, x)
-        ys = _find_path(src, y) or _find_path(dst, y)
-        if _find_path(sides[0], x) is None:
-            x, y, xs, ys = y, x, ys, xs
-        res.pairs.append(AutoPair(xs or "?", type(x).__name__, ys or "?", type(y).__name__, "map"))
-    for m in found.pairs:
-        f, s = (m.src, m.dst) if first_is_src else (m.dst, m.src)
-        res.pairs.append(AutoPair(f.label(), f.cls, s.label(), s.cls, m.how))
-    for fm in found.fused:  # not kept in the map: a fused Linear pairs with no single layer
-        one = (fm.fused.path, fm.fused.cls)
-        many = (brace([p.path for p in fm.parts]), f"{fm.parts[0].cls} x{len(fm.parts)}")
-        f, s = (one, many) if fm.fused_is_src == first_is_src else (many, one)
-        res.pairs.append(AutoPair(f[0], f[1], s[0], s[1], fm.how))
-    for nodes, side in ((found.unpaired_src, src), (found.unpaired_dst, dst)):
-        rows = [(n.label(), n.cls, _shapes(side.adapter, n)) for n in nodes]
-        if side is sides[0]:
-            res.unpaired_first += rows
-        else:
-            res.unpaired_second += rows
-    for line in auto_table_lines(res):
-        print(line, file=stream or sys.stdout)
-    return res
-
-
-def _find_path(side, layer) -> Optional[str]:
-    from .assign import layer_tree
-
-    for _, key, path, l in layer_tree(side):
-        if l is layer:
-            return path
-    return None
+def match_trees(ts, td, compat, rule_for, dims=None) -> MatchResult:
+    return Matcher(compat, rule_for, dims).run(ts, td)

@@ -41,6 +41,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import PadiffError
+from ..frameworks import adapter_for_value, adapters, get_adapter
 
 # safetensors dtype code -> (numpy storage dtype, dtype name). Names are torch's spelling.
 ST_DTYPES: Dict[str, Tuple[str, str]] = {
@@ -211,9 +212,12 @@ class SafetensorsCheckpoint(Checkpoint):
                     raise PadiffError(f"`{name}` is in two shards of `{self.path}`.")
                 self._infos[name] = info
                 self._where[name] = (file, base + lo, base + hi)
+
+    @property
+    def framework(self) -> Optional[str]:
+        """The framework the metadata's ``format`` names (an adapter's ``safetensors_formats``)."""
         fmt = self.metadata.get("format", "").lower()
-        self.framework = {"pt": "torch", "torch": "torch", "pd": "paddle", "np": "paddle",
-                          "paddle": "paddle"}.get(fmt)
+        return next((ad.name for ad in adapters() if fmt in ad.safetensors_formats), None) if fmt else None
 
     def array(self, key: str) -> np.ndarray:
         info = self._infos[key]
@@ -239,8 +243,6 @@ class StateDictCheckpoint(Checkpoint):
 
     def __init__(self, obj, adapter=None, path: str = "", kind: str = "state dict"):
         super().__init__()
-        from ..frameworks import adapter_for_value
-
         self.path, self.kind = path, kind
         if not hasattr(obj, "items"):
             raise PadiffError(f"The checkpoint holds a {type(obj).__name__}, not a state dict: save "
@@ -286,10 +288,6 @@ def _is_tensor(ad, v) -> bool:
     return ad is not None and ad.is_tensor(v)
 
 
-_TORCH_EXT = (".pth", ".pt", ".bin", ".ckpt")
-_PADDLE_EXT = (".pdparams",)
-
-
 def _safetensors_files(path: str) -> Optional[Tuple[List[str], str]]:
     """The shard files of a safetensors path (a file, an index, a folder), or None."""
     if os.path.isdir(path):
@@ -323,11 +321,25 @@ def _safetensors_files(path: str) -> Optional[Tuple[List[str], str]]:
 
 
 def _model_file_in(folder: str) -> Optional[str]:
-    for name in ("pytorch_model.bin", "model_state.pdparams"):
+    """The framework state file a folder holds: one of the names the adapters declare, else its
+    only file with one of their suffixes."""
+    ads = list(adapters())
+    for name in (n for ad in ads for n in ad.state_file_names):
         if os.path.isfile(os.path.join(folder, name)):
             return os.path.join(folder, name)
-    found = sorted(f for f in os.listdir(folder) if f.endswith(_TORCH_EXT + _PADDLE_EXT))
+    suffixes = tuple(s for ad in ads for s in ad.state_file_suffixes)
+    found = sorted(f for f in os.listdir(folder) if f.endswith(suffixes))
     return os.path.join(folder, found[0]) if len(found) == 1 else None
+
+
+def _writer_of(path: str):
+    """The adapter whose framework wrote a state file, by its suffix (or as a zip archive); None
+    when no suffix tells."""
+    lower = path.lower()
+    found = next((ad for ad in adapters() if lower.endswith(ad.state_file_suffixes)), None)
+    if found is None and zipfile.is_zipfile(path):
+        found = next((ad for ad in adapters() if ad.state_file_zip), None)
+    return found
 
 
 def open_checkpoint(src, framework: Optional[str] = None) -> Checkpoint:
@@ -335,8 +347,6 @@ def open_checkpoint(src, framework: Optional[str] = None) -> Checkpoint:
     ``.pdparams``, or a folder holding one of them, as ``save_pretrained`` leaves it) or from
     a state dict. ``framework`` says which framework wrote a file whose name does not tell
     (a ``.pt`` saved by paddle, say)."""
-    from ..frameworks import get_adapter
-
     if not isinstance(src, (str, os.PathLike)):
         return StateDictCheckpoint(src, get_adapter(framework) if framework else None)
     path = os.fspath(src)
@@ -349,23 +359,22 @@ def open_checkpoint(src, framework: Optional[str] = None) -> Checkpoint:
     if os.path.isdir(path):
         found = _model_file_in(path)
         if found is None:
+            names = ", ".join(n for ad in adapters() for n in ad.state_file_names)
             raise PadiffError(f"The folder `{path}` holds no checkpoint padiff recognises (model.safetensors, "
-                              f"{INDEX_NAME}, pytorch_model.bin, model_state.pdparams).")
+                              f"{INDEX_NAME}, {names}).")
         path = found
-    lower = path.lower()
-    name = framework or ("paddle" if lower.endswith(_PADDLE_EXT) else
-                         "torch" if lower.endswith(_TORCH_EXT) or zipfile.is_zipfile(path) else None)
-    if name is None:
-        raise PadiffError(f"padiff cannot tell which framework wrote `{path}`: name it .pth/.bin (torch), "
-                          ".pdparams (paddle) or .safetensors, or say it (--from torch / --from paddle).")
-    ad = get_adapter(name)
+    ad = get_adapter(framework) if framework else _writer_of(path)
+    if ad is None:
+        ads = list(adapters())
+        raise PadiffError(f"padiff cannot tell which framework wrote `{path}`: name it "
+                          f"{', '.join(f'{a.state_file_label} ({a.name})' for a in ads)} or .safetensors, or say it "
+                          f"({' / '.join(f'--from {a.name}' for a in ads)}).")
+    name = ad.name
     try:
         obj = ad.load_file(path)
     except Exception as exc:  # a file the framework cannot read: the user's to fix
-        hint = ("Pass a file written by torch.save(model.state_dict(), path)." if name == "torch" else
-                "Pass a file written by paddle.save(model.state_dict(), path).")
         raise PadiffError(f"{name} could not read `{path}` as a checkpoint ({type(exc).__name__}: {exc}). "
-                          f"{hint}") from exc
+                          f"Pass a file written by {ad.save_call}.") from exc
     return StateDictCheckpoint(obj, ad, path, f"{name} file")
 
 
@@ -450,7 +459,7 @@ class SafetensorsWriter:
                 for e, (lo, _) in zip(group, offsets):
                     self._place[e.name] = (i, len(head) + lo, e.nbytes)
         except BaseException:
-            self._abort()
+            self.abort()
             raise
         self._by_name = {e.name: e for e in self.entries}
 
@@ -478,7 +487,7 @@ class SafetensorsWriter:
         """Check that every tensor was written, close the files, write the index; the files written."""
         missing = [e.name for e in self.entries if e.name not in self._done]
         if missing:
-            self._abort()
+            self.abort()
             raise PadiffError(f"{len(missing)} tensor(s) were declared but never written ({', '.join(missing[:3])}).")
         for fh in self._handles:
             fh.close()
@@ -492,7 +501,7 @@ class SafetensorsWriter:
             written.append(self.index_path)
         return written
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         for fh in self._handles:
             fh.close()
         self._handles = []
@@ -511,6 +520,6 @@ def write_safetensors(path, tensors: Mapping[str, Tuple[np.ndarray, str]], metad
         for n, (a, _) in tensors.items():
             writer.write(n, a)
     except BaseException:
-        writer._abort()
+        writer.abort()
         raise
     return writer.close()

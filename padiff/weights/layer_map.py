@@ -6,15 +6,14 @@ from collections.abc import MutableMapping
 from typing import Dict, List, Tuple
 
 from ..errors import PadiffError
+from ..frameworks import adapter_for, adapters
 
 
 def _check_layer(obj, what: str):
-    from ..frameworks import adapter_for
-
     ad = adapter_for(obj, what)
     if not ad.is_layer(obj):
-        raise PadiffError(f"The {what} must be a layer (torch.nn.Module or paddle.nn.Layer), got a "
-                          f"{type(obj).__name__}.")
+        kinds = " or ".join(a.layer_class for a in adapters())
+        raise PadiffError(f"The {what} must be a layer ({kinds}), got a {type(obj).__name__}.")
     return obj
 
 
@@ -62,7 +61,8 @@ class LayerMap:
       ``ignore_recursively(layer)`` leaves the layer and everything inside it out.
     * ``auto(model_a, model_b)`` pairs the layers with weights by structure, prints the
       pairs and the layers it could not pair, and records them here; pairs given by hand
-      (before or after) win over the ones it found.
+      (before or after) win over the ones it found. (``padiff.LayerMap`` adds it: the matching
+      is ``auto_map.py``'s, the printing ``report/weights.py``'s; this class is the data.)
     """
 
     def __init__(self):
@@ -106,23 +106,14 @@ class LayerMap:
         for one in layer if isinstance(layer, (list, tuple)) else [layer]:
             self._ignored_deep[id(_check_layer(one, "argument of LayerMap.ignore_recursively"))] = one
 
-    def auto(self, a, b, *, stream=None):
-        """Pair the sublayers of models ``a`` and ``b`` by structure (kinds and parameter
-        shapes, transposes allowed; tolerant of order differences and of wrapper layers),
-        print the pairs and the layers left without a partner, and record the pairs here.
-        Returns an ``AutoResult``, true when every layer with weights found a partner."""
-        from .auto import auto_pairs
-
-        return auto_pairs(self, a, b, stream=stream)
-
-    @staticmethod
-    def create_from(value) -> "LayerMap":
+    @classmethod
+    def create_from(cls, value) -> "LayerMap":
         """A LayerMap from what a user may pass as ``layer_map``: None, a LayerMap, or a dict
         {layer_of_one_model: layer_of_the_other}."""
         if value is None or isinstance(value, LayerMap):
             return value
         if hasattr(value, "items"):
-            lm = LayerMap()
+            lm = cls()
             lm.map = value
             return lm
         raise PadiffError(f"layer_map must be a padiff.LayerMap or a dict {{layer_a: layer_b}}, got a "

@@ -49,6 +49,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..errors import PadiffError
+
 # (name, array) for the source; (name, shape) for the destination.
 SrcState = Sequence[Tuple[str, np.ndarray]]
 DstSpec = Sequence[Tuple[str, Tuple[int, ...]]]
@@ -197,19 +199,19 @@ class Rule:
     shipped: bool = False
 
 
-_RULES: List[Rule] = []
+_RULES: List[Rule] = []  # the user's rules, the most recent first; shipped ones are made per pair
 
 
 def register_rule(src_class, dst_class, convert: Optional[Callable[..., List[Converted]]] = None,
-                  *, cross_framework_only: bool = False, description: str = "", _shipped: bool = False):
+                  *, cross_framework_only: bool = False, description: str = ""):
     """Register how to copy a ``src_class`` layer (the weight source: the torch model, or
     the first model of one framework) into a ``dst_class`` layer. Classes are given as
     classes or class names; ``"*"`` as ``dst_class`` matches any class.
 
     ``convert(src, dst, src_kind=..., dst_kind=...)`` gets ``src`` as ``[(name, ndarray)]``
     and ``dst`` as ``[(name, shape)]`` and returns a list of :class:`Converted`, one per
-    destination tensor. Later registrations win over earlier ones. Without ``convert``
-    this returns a decorator. ``assign_weight``, ``auto_diff``, ``LayerMap.auto`` and
+    destination tensor. Later registrations win over earlier ones, and over padiff's own. Without
+    ``convert`` this returns a decorator. ``assign_weight``, ``auto_diff``, ``LayerMap.auto`` and
     ``padiff convert`` all use the rule.
     """
     def _name(c):
@@ -217,11 +219,9 @@ def register_rule(src_class, dst_class, convert: Optional[Callable[..., List[Con
 
     def do(fn):
         if not callable(fn):
-            from ..errors import PadiffError
-
             raise PadiffError(f"register_rule({_name(src_class)!r}, {_name(dst_class)!r}, ...) needs a function "
                               f"convert(src, dst, *, src_kind, dst_kind), got {type(fn).__name__}.")
-        _RULES.insert(0, Rule(_name(src_class), _name(dst_class), fn, cross_framework_only, description, _shipped))
+        _RULES.insert(0, Rule(_name(src_class), _name(dst_class), fn, cross_framework_only, description))
         return fn
 
     if convert is None:
@@ -230,10 +230,12 @@ def register_rule(src_class, dst_class, convert: Optional[Callable[..., List[Con
     return None
 
 
-def find_rule(src_class: str, dst_class: str, cross: bool) -> Optional[Rule]:
-    """The rule for this pair of classes: an exact one first, then one with a wildcard."""
+def find_rule(src_class: str, dst_class: str, src_ad, dst_ad) -> Optional[Rule]:
+    """The rule for this pair of classes of the two adapters' frameworks: an exact one first,
+    then one with a wildcard; the user's before padiff's own (shipped) ones."""
+    cross = src_ad.name != dst_ad.name
     exact = wild = None
-    for rule in _RULES:
+    for rule in _RULES + (shipped_rules(src_ad, dst_ad) if cross else []):
         if rule.cross_framework_only and not cross:
             continue
         if rule.src_class == src_class and rule.dst_class == dst_class:
@@ -244,8 +246,17 @@ def find_rule(src_class: str, dst_class: str, cross: bool) -> Optional[Rule]:
 
 
 def rules() -> List[Rule]:
-    """Every registered rule, the most recent first."""
+    """Every rule the user registered, the most recent first."""
     return list(_RULES)
+
+
+def counterpart_class(class_name: str, ad, other_ad) -> str:
+    """The class of ``other_ad``'s framework a ``class_name`` layer of ``ad``'s stands for: the
+    first of its kind in its ``weight_tables.layer_kinds`` (``BatchNorm2D`` -> ``BatchNorm2d``); the name
+    itself for a class no table lists."""
+    kind = ad.weight_tables.layer_kinds.get(class_name)
+    others = other_ad.weight_tables.layer_kinds
+    return next((c for c, k in others.items() if k == kind), class_name) if kind else class_name
 
 
 # --- class families: which classes of the two frameworks are "the same kind" ---------------
@@ -269,53 +280,104 @@ def family(class_name: str) -> str:
     return {"simplernn": "rnn"}.get(n, n)
 
 
-# torch class -> paddle class, for the converter when only one model is known.
-PADDLE_TO_TORCH_CLASS = {
-    "Linear": "Linear", "Conv1D": "Conv1d", "Conv2D": "Conv2d", "Conv3D": "Conv3d",
-    "Conv1DTranspose": "ConvTranspose1d", "Conv2DTranspose": "ConvTranspose2d",
-    "Conv3DTranspose": "ConvTranspose3d", "BatchNorm": "BatchNorm2d", "BatchNorm1D": "BatchNorm1d",
-    "BatchNorm2D": "BatchNorm2d", "BatchNorm3D": "BatchNorm3d", "SyncBatchNorm": "SyncBatchNorm",
-    "LayerNorm": "LayerNorm", "GroupNorm": "GroupNorm", "InstanceNorm1D": "InstanceNorm1d",
-    "InstanceNorm2D": "InstanceNorm2d", "InstanceNorm3D": "InstanceNorm3d", "Embedding": "Embedding",
-    "PReLU": "PReLU", "MultiHeadAttention": "MultiheadAttention", "LSTM": "LSTM", "GRU": "GRU",
-    "SimpleRNN": "RNN",
-}
+# --- shipped rules: recipes between kinds, the names from the two adapters' tables ------------
+#
+# A recipe says which kinds of layer it converts (the frameworks' ``layer_kinds``) and makes the
+# convert function for a pair of frameworks from their weight tables (``WeightTables``: tensor
+# names, Linear layouts); ``shipped_rules`` turns the recipes into rules between the two
+# frameworks' classes.
+
+def _flips(src, dst) -> bool:
+    """Linear-like weights are transposed when the two frameworks store them the other way round."""
+    return src.linear_weight_layout != dst.linear_weight_layout
 
 
-# --- shipped rules (torch class -> paddle class) --------------------------------------------
+def _linear(src_t, dst_t):
+    transpose = ("weight",) if _flips(src_t, dst_t) else ()
 
-def _linear(src, dst, *, src_kind, dst_kind):
-    return in_order(src, dst, src_kind=src_kind, dst_kind=dst_kind, transpose=("weight",))
-
-
-def _same_layout(src, dst, *, src_kind, dst_kind):
-    # Conv and ConvTranspose weights have one layout in both frameworks: [out, in/groups, *k]
-    # and [in, out/groups, *k] respectively; LayerNorm/GroupNorm/Embedding likewise.
-    return renamed(src, dst, src_kind=src_kind, dst_kind=dst_kind, names={})
+    def convert(src, dst, *, src_kind, dst_kind):
+        return in_order(src, dst, src_kind=src_kind, dst_kind=dst_kind, transpose=transpose)
+    return convert
 
 
-def _batchnorm(src, dst, *, src_kind, dst_kind):
-    return renamed(src, dst, src_kind=src_kind, dst_kind=dst_kind,
-                   names={"running_mean": "_mean", "running_var": "_variance"})
+def _renaming(*roles):
+    """Tensors paired by name, the ``roles`` (neutral names) renamed from one table to the other:
+    Conv and ConvTranspose weights have one layout in both frameworks ([out, in/groups, *k] and
+    [in, out/groups, *k]), LayerNorm/GroupNorm/Embedding likewise; BatchNorm statistics, the
+    InstanceNorm scale and the PReLU weight differ in name only."""
+    def make(src_t, dst_t):
+        s, d = src_t.tensor_names, dst_t.tensor_names
+        names = {s[r]: d[r] for r in roles if r in s and r in d}
+
+        def convert(src, dst, *, src_kind, dst_kind):
+            return renamed(src, dst, src_kind=src_kind, dst_kind=dst_kind, names=names)
+        return convert
+    return make
 
 
-def _instancenorm(src, dst, *, src_kind, dst_kind):
-    return renamed(src, dst, src_kind=src_kind, dst_kind=dst_kind, names={"weight": "scale"})
+def _rnn(src_t, dst_t):
+    # Both frameworks keep gate order (LSTM i,f,g,o; GRU r,z,n) and the same input/hidden weight
+    # and bias layouts, layer by layer and direction by direction. The LSTM projection (torch's
+    # weight_hr_l{k} [proj, hidden], paddle's cell weight_ho [hidden, proj]) is stored the other
+    # way round; the flat names then shift, so tensors pair in order, not by name.
+    pattern = src_t.tensor_names.get("rnn.projection")
+    transpose = (re.compile(pattern),) if pattern and _flips(src_t, dst_t) else ()
+
+    def convert(src, dst, *, src_kind, dst_kind):
+        return in_order(src, dst, src_kind=src_kind, dst_kind=dst_kind, transpose=transpose)
+    return convert
 
 
-def _prelu(src, dst, *, src_kind, dst_kind):
-    return renamed(src, dst, src_kind=src_kind, dst_kind=dst_kind, names={"weight": "_weight"})
+def _attention(src_t, dst_t):
+    names = {k.split(".", 1)[1]: v for k, v in src_t.tensor_names.items() if k.startswith("attention.")}
+    if "packed_weight" not in names:
+        return None  # the source framework has no packed attention layer
+    flips = _flips(src_t, dst_t)
+
+    def convert(src, dst, *, src_kind, dst_kind):
+        return _mha(src, dst, src_kind=src_kind, dst_kind=dst_kind, names=names, flip_weights=flips)
+    return convert
 
 
-_HR = re.compile(r"weight_hr_l\d+(_reverse)?")
+_BATCHNORMS = ("batchnorm1d", "batchnorm2d", "batchnorm3d", "syncbatchnorm")
+# (source kinds, destination kinds or "*", recipe, description), in the order they were written.
+RECIPES = [
+    (("linear",), ("linear",), _linear, "Linear: weight transposed where the layouts differ ([out, in] / [in, out])"),
+    *[r for n in (1, 2, 3) for r in (
+        ((f"conv{n}d",), (f"conv{n}d",), _renaming(), "Conv: same layout [out, in/groups, *k]"),
+        ((f"convtranspose{n}d",), (f"convtranspose{n}d",), _renaming(),
+         "ConvTranspose: same layout [in, out/groups, *k]"),
+        ((f"instancenorm{n}d",), (f"instancenorm{n}d",), _renaming("instancenorm.scale"),
+         "InstanceNorm: scale renamed"))],
+    (_BATCHNORMS, _BATCHNORMS, _renaming("batchnorm.mean", "batchnorm.variance"),
+     "BatchNorm: running statistics renamed (a step counter the other side lacks dropped)"),
+    *[((k,), (k,), _renaming(), f"{k}: same names and layout") for k in ("layernorm", "groupnorm", "embedding")],
+    (("prelu",), ("prelu",), _renaming("prelu.weight"), "PReLU: weight renamed"),
+    (("lstm",), ("lstm",), _rnn, "LSTM: same gate order (i, f, g, o); the projection transposed"),
+    (("gru",), ("gru",), _rnn, "GRU: same gate order (r, z, n)"),
+    (("rnn",), ("rnn",), _rnn, "RNN: same layout"),
+    (("multiheadattention",), "*", _attention,
+     "MultiheadAttention: packed q/k/v split into projections, all transposed"),
+]
+_SHIPPED: Dict[Tuple[str, str], List[Rule]] = {}
 
 
-def _rnn(src, dst, *, src_kind, dst_kind):
-    # Both frameworks keep gate order (LSTM i,f,g,o; GRU r,z,n) and the same
-    # weight_ih/weight_hh/bias_ih/bias_hh layouts, layer by layer and direction by direction.
-    # With proj_size, torch's weight_hr_l{k} [proj, hidden] is paddle's cell weight_ho
-    # [hidden, proj] (paddle's flat names are then shifted, so pair in order, not by name).
-    return in_order(src, dst, src_kind=src_kind, dst_kind=dst_kind, transpose=(_HR,))
+def shipped_rules(src_ad, dst_ad) -> List[Rule]:
+    """padiff's own rules from ``src_ad``'s framework into ``dst_ad``'s: every recipe between
+    every pair of their classes of its kinds (made once per pair of frameworks)."""
+    key = (src_ad.name, dst_ad.name)
+    if key not in _SHIPPED:
+        src_t, dst_t = src_ad.weight_tables, dst_ad.weight_tables
+        out = []
+        for src_kinds, dst_kinds, recipe, description in RECIPES:
+            convert = recipe(src_t, dst_t)
+            if convert is None:
+                continue
+            dst_classes = ["*"] if dst_kinds == "*" else [c for c, k in dst_t.layer_kinds.items() if k in dst_kinds]
+            out += [Rule(s, d, convert, True, description, True)
+                    for s, k in src_t.layer_kinds.items() if k in src_kinds for d in dst_classes]
+        _SHIPPED[key] = out
+    return _SHIPPED[key]
 
 
 def _slice_t(lo: int, hi: int, flip: bool):
@@ -335,33 +397,34 @@ def _groups(dst: DstSpec):
     return groups
 
 
-def _mha(src, dst, *, src_kind, dst_kind):
-    """torch ``nn.MultiheadAttention`` (packed ``in_proj_weight`` [3E, E] or separate
-    ``q/k/v_proj_weight``; ``out_proj``) into paddle ``nn.MultiHeadAttention`` or any layer
-    holding the projections as Linears: four (q, k, v, out, in that order) or two (a fused
-    qkv [E, 3E] and out). Linear weights are transposed to paddle's [in, out]."""
+def _mha(src, dst, *, src_kind, dst_kind, names, flip_weights=True):
+    """A packed attention layer (torch ``nn.MultiheadAttention``: packed ``in_proj_weight``
+    [3E, E] or separate q/k/v weights, and ``out_proj``; ``names`` are its tensor names by neutral
+    name) into paddle ``nn.MultiHeadAttention`` or any layer holding the projections as Linears:
+    four (q, k, v, out, in that order) or two (a fused qkv [E, 3E] and out). Weights are
+    transposed (``flip_weights``) to the destination's Linear layout."""
     s = dict(src)
-    if "bias_k" in s or "bias_v" in s:
+    packed, packed_b = names["packed_weight"], names.get("packed_bias")
+    if names.get("bias_k") in s or names.get("bias_v") in s:
         raise RuleError(f"{src_kind} was built with add_bias_kv=True, which {dst_kind} has no place for: "
-                        "register your own rule for this pair.", "bias_k", "")
-    if "in_proj_weight" in s:
-        w = s["in_proj_weight"]
-        e = w.shape[0] // 3
-        qkv_w = [("in_proj_weight", 0, e), ("in_proj_weight", e, 2 * e), ("in_proj_weight", 2 * e, 3 * e)]
-    elif all(k in s for k in ("q_proj_weight", "k_proj_weight", "v_proj_weight")):
-        e = s["q_proj_weight"].shape[0]
-        qkv_w = [(k, 0, e) for k in ("q_proj_weight", "k_proj_weight", "v_proj_weight")]
+                        "register your own rule for this pair.", names["bias_k"], "")
+    singles = tuple(names[f"{p}_weight"] for p in "qkv")
+    if packed in s:
+        e = s[packed].shape[0] // 3
+        qkv_w = [(packed, 0, e), (packed, e, 2 * e), (packed, 2 * e, 3 * e)]
+    elif all(k in s for k in singles):
+        e = s[singles[0]].shape[0]
+        qkv_w = [(k, 0, e) for k in singles]
     else:
-        raise RuleError(f"{src_kind} has neither in_proj_weight nor q/k/v_proj_weight (it has: {_names(src)}).")
-    qkv_b = [("in_proj_bias", 0, e), ("in_proj_bias", e, 2 * e), ("in_proj_bias", 2 * e, 3 * e)] \
-        if "in_proj_bias" in s else None
-    out_w = ("out_proj.weight", 0, e)
-    out_b = ("out_proj.bias", 0, e) if "out_proj.bias" in s else None
+        raise RuleError(f"{src_kind} has neither {packed} nor {'/'.join(n[0] for n in singles)}{singles[0][1:]} (it has: {_names(src)}).")
+    qkv_b = [(packed_b, 0, e), (packed_b, e, 2 * e), (packed_b, 2 * e, 3 * e)] if packed_b in s else None
+    out_w = (names["out_weight"], 0, e)
+    out_b = (names["out_bias"], 0, e) if names["out_bias"] in s else None
     groups = _groups(dst)
     if len(groups) == 4:
         plan = [(qkv_w[i], qkv_b[i] if qkv_b else None) for i in range(3)] + [(out_w, out_b)]
-    elif len(groups) == 2 and "in_proj_weight" in s:
-        plan = [(("in_proj_weight", 0, 3 * e), ("in_proj_bias", 0, 3 * e) if qkv_b else None), (out_w, out_b)]
+    elif len(groups) == 2 and packed in s:
+        plan = [((packed, 0, 3 * e), (packed_b, 0, 3 * e) if qkv_b else None), (out_w, out_b)]
     else:
         raise RuleError(
             f"{src_kind} packs q, k, v and out projections; {dst_kind} should hold them as four Linears "
@@ -374,54 +437,20 @@ def _mha(src, dst, *, src_kind, dst_kind):
                 f"`{prefix}` in {dst_kind} has {len(tensors)} tensors ({_names(tensors)}) but the matching "
                 f"projection of {src_kind} has {len(wants)} ({', '.join(w[0] for w in wants)}): "
                 "both must have a bias, or neither.", wants[0][0], tensors[0][0])
-        for (dname, dshape), (sname, lo, hi) in zip(tensors, wants):
-            arr = s[sname]
-            flip = arr.ndim == 2
-            t = _slice_t(lo, hi, flip)
-            value = t(arr)
-            if tuple(value.shape) != tuple(dshape):
-                part = f"{sname}[{lo}:{hi}]" + (" transposed" if flip else "")
-                raise RuleError(f"Shape of `{part}` in {src_kind} and param `{dname}` in {dst_kind} is not "
-                                f"the same. {list(value.shape)} vs {list(dshape)}", sname, dname)
-            note = "split" + (" + transposed" if flip else "") if (hi - lo) != arr.shape[0] else \
-                ("transposed" if flip else "")
-            out.append(Converted(dname, sname, value, note, t))
+        out += [_projection(s[sname], sname, lo, hi, dname, dshape, src_kind, dst_kind, flip_weights)
+                for (dname, dshape), (sname, lo, hi) in zip(tensors, wants)]
     return out
 
 
-def _register_shipped():
-    def reg(s, d, fn, desc):
-        register_rule(s, d, fn, cross_framework_only=True, description=desc, _shipped=True)
-
-    for s in ("Linear", "NonDynamicallyQuantizableLinear", "LazyLinear"):
-        reg(s, "Linear", _linear, "Linear: weight transposed ([out, in] -> [in, out])")
-    for n in (1, 2, 3):
-        reg(f"Conv{n}d", f"Conv{n}D", _same_layout, "Conv: same layout [out, in/groups, *k]")
-        reg(f"ConvTranspose{n}d", f"Conv{n}DTranspose", _same_layout,
-            "ConvTranspose: same layout [in, out/groups, *k]")
-        reg(f"InstanceNorm{n}d", f"InstanceNorm{n}D", _instancenorm, "InstanceNorm: weight -> scale")
-    torch_bn = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm")
-    paddle_bn = ("BatchNorm", "BatchNorm1D", "BatchNorm2D", "BatchNorm3D", "SyncBatchNorm")
-    for s in torch_bn:
-        for d in paddle_bn:
-            reg(s, d, _batchnorm, "BatchNorm: running_mean -> _mean, running_var -> _variance "
-                                  "(num_batches_tracked dropped)")
-    for n in ("LayerNorm", "GroupNorm", "Embedding"):
-        reg(n, n, _same_layout, f"{n}: same names and layout")
-    reg("PReLU", "PReLU", _prelu, "PReLU: weight -> _weight")
-    reg("LSTM", "LSTM", _rnn, "LSTM: same gate order (i, f, g, o); weight_hr transposed")
-    reg("GRU", "GRU", _rnn, "GRU: same gate order (r, z, n)")
-    reg("RNN", "SimpleRNN", _rnn, "RNN: same layout")
-    reg("MultiheadAttention", "*", _mha,
-        "MultiheadAttention: in_proj_weight split into q/k/v projections, all transposed")
-
-
-_register_shipped()
-
-
-def convert_state(src_class: str, dst_class: str, src: SrcState, dst: DstSpec, *, cross: bool,
-                  src_kind: str, dst_kind: str) -> List[Converted]:
-    rule = find_rule(src_class, dst_class, cross)
-    if rule is None:
-        return in_order(src, dst, src_kind=src_kind, dst_kind=dst_kind)
-    return rule.convert(src, dst, src_kind=src_kind, dst_kind=dst_kind)
+def _projection(arr, sname, lo, hi, dname, dshape, src_kind, dst_kind, flip_weights) -> Converted:
+    """Rows ``lo:hi`` of a packed attention tensor as one projection's tensor."""
+    flip = arr.ndim == 2 and flip_weights
+    t = _slice_t(lo, hi, flip)
+    value = t(arr)
+    if tuple(value.shape) != tuple(dshape):
+        part = f"{sname}[{lo}:{hi}]" + (" transposed" if flip else "")
+        raise RuleError(f"Shape of `{part}` in {src_kind} and param `{dname}` in {dst_kind} is not "
+                        f"the same. {list(value.shape)} vs {list(dshape)}", sname, dname)
+    note = "split" + (" + transposed" if flip else "") if (hi - lo) != arr.shape[0] else \
+        ("transposed" if flip else "")
+    return Converted(dname, sname, value, note, t)
