@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import os
-import re
 import types
 
 import numpy as np
