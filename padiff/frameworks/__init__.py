@@ -8,25 +8,49 @@ Both adapters can live in one process; there is no global "current backend".
 from __future__ import annotations
 
 import importlib
-from typing import Dict
+from typing import Dict, Optional
 
 from ..errors import PadiffError
 
-# Top-level package of an object's class -> adapter module. A new framework is one line here
-# and one module beside this file.
+# Framework name -> adapter module, and the package whose classes are that framework's ->
+# framework name. A new framework is one module beside this file and a line in each table (or
+# one register_adapter call). The toy framework over numpy (toyfw/, adapter toy.py) is the
+# reference example; its package is inside padiff, so it is named by its dotted path.
 _ADAPTER_MODULES = {
     "torch": "padiff.frameworks.torch",
     "paddle": "padiff.frameworks.paddle",
+    "toy": "padiff.frameworks.toy",
 }
+_PACKAGES = {"torch": "torch", "paddle": "paddle", "padiff.frameworks.toyfw": "toy"}
 _CACHE: Dict[str, object] = {}
 
 
-def framework_of(obj) -> str | None:
-    """'torch', 'paddle' or None, from the packages that define the object's classes."""
+def register_adapter(name: str, module: str, package: Optional[str] = None) -> None:
+    """Make padiff find the adapter in ``module`` (its ``Adapter`` class, implementing
+    :class:`~padiff.frameworks.base.FrameworkAdapter`) for objects whose classes are defined in
+    ``package`` (a top-level package, or a dotted one; default: ``name``). The module is
+    imported when such an object is first met."""
+    _ADAPTER_MODULES[name] = module
+    _PACKAGES[package or name] = name
+    _CACHE.pop(name, None)
+
+
+def _framework_of_module(module: str) -> Optional[str]:
+    """The framework whose package holds ``module``, looked up from the module outwards."""
+    while module:
+        name = _PACKAGES.get(module)
+        if name is not None:
+            return name
+        module = module.rpartition(".")[0]
+    return None
+
+
+def framework_of(obj) -> Optional[str]:
+    """'torch', 'paddle', 'toy' or None, from the packages that define the object's classes."""
     for cls in type(obj).__mro__:
-        top = (cls.__module__ or "").split(".", 1)[0]
-        if top in _ADAPTER_MODULES:
-            return top
+        name = _framework_of_module(cls.__module__ or "")
+        if name is not None:
+            return name
     return None
 
 
