@@ -16,7 +16,8 @@ import numpy as np
 from ..errors import PadiffError
 from . import toyfw
 from .base import FrameworkAdapter
-from .toyfw import functional, nn, optim, tensor
+from .toyfw import functional, nn, optim
+from .toyfw.tensor import Tensor, add, mean, mul, no_grad, run_backward
 
 _PACKAGE = "padiff.frameworks.toyfw."
 _CONTAINERS = (nn.Sequential,)
@@ -44,7 +45,7 @@ class Adapter(FrameworkAdapter):
         return isinstance(obj, nn.Module)
 
     def is_tensor(self, obj) -> bool:
-        return isinstance(obj, tensor.Tensor)
+        return isinstance(obj, Tensor)
 
     def is_builtin(self, layer) -> bool:
         return type(layer).__module__.startswith(_PACKAGE)
@@ -104,8 +105,8 @@ class Adapter(FrameworkAdapter):
     def add_forward_hooks(self, layer, pre, post):
         return [layer.register_forward_pre_hook(pre), layer.register_forward_hook(post)]
 
-    def add_grad_hook(self, t, fn):
-        return t.register_hook(fn)
+    def add_grad_hook(self, tensor, fn):
+        return tensor.register_hook(fn)
 
     def remove_hook(self, handle) -> None:
         handle.remove()
@@ -118,64 +119,64 @@ class Adapter(FrameworkAdapter):
         return toyfw, toyfw.__name__
 
     def api_tensor_class(self):
-        return tensor.Tensor, f"{toyfw.__name__}.Tensor"
+        return Tensor, f"{toyfw.__name__}.Tensor"
 
     # --- tensors -------------------------------------------------------------------------
-    def shape(self, t):
-        return t.shape
+    def shape(self, tensor):
+        return tensor.shape
 
-    def dtype_name(self, t) -> str:
-        return t.dtype.name
+    def dtype_name(self, tensor) -> str:
+        return tensor.dtype.name
 
-    def to_numpy(self, t) -> np.ndarray:
-        return t.data.copy()
+    def to_numpy(self, tensor) -> np.ndarray:
+        return tensor.data.copy()
 
     def host_view(self, t):
         return t.data
 
-    def version(self, t) -> int:
-        return t.version
+    def version(self, tensor) -> int:
+        return tensor.version
 
-    def fingerprint(self, t) -> float:
-        flat = t.data.reshape(-1)
+    def fingerprint(self, tensor) -> float:
+        flat = tensor.data.reshape(-1)
         flat = flat[:: flat.size // 4096] if flat.size > 65536 else flat
         return math.sqrt(float(np.vdot(flat, flat).real))
 
-    def requires_grad(self, t) -> bool:
-        return t.requires_grad
+    def requires_grad(self, tensor) -> bool:
+        return tensor.requires_grad
 
-    def is_floating(self, t) -> bool:
-        return t.dtype.kind in "fc"
+    def is_floating(self, tensor) -> bool:
+        return tensor.dtype.kind in "fc"
 
-    def detach_requires_grad(self, t):
-        return tensor.Tensor(t.data, requires_grad=self.is_floating(t), dtype=t.dtype)
+    def detach_requires_grad(self, tensor):
+        return Tensor(tensor.data, requires_grad=self.is_floating(tensor), dtype=tensor.dtype)
 
     def from_array(self, array, dtype_name: str, like=None):
-        return tensor.Tensor(np.asarray(array), dtype=_dtype(dtype_name))
+        return Tensor(np.asarray(array), dtype=_dtype(dtype_name))
 
-    def mark_requires_grad(self, t):
-        t.requires_grad = True
-        return t
+    def mark_requires_grad(self, tensor):
+        tensor.requires_grad = True
+        return tensor
 
-    def alias(self, t):
-        return tensor.mul(t, 1.0)
+    def alias(self, tensor):
+        return mul(tensor, 1.0)
 
-    def tensor_grad(self, t):
-        return t.grad
+    def tensor_grad(self, tensor):
+        return tensor.grad
 
     # --- autograd ------------------------------------------------------------------------
     def default_loss(self, tensors, weights):
         total = None
         for t, w in zip(tensors, weights):
-            term = tensor.mean(tensor.mul(t, self.from_array(w, self.dtype_name(t))))
-            total = term if total is None else tensor.add(total, term)
+            term = mean(mul(t, self.from_array(w, self.dtype_name(t))))
+            total = term if total is None else add(total, term)
         return total
 
     def backward(self, loss, grad=None) -> None:
         if grad is None:
-            tensor.run_backward([loss], [None])
+            run_backward([loss], [None])
         else:
-            tensor.run_backward(list(loss), list(grad))
+            run_backward(list(loss), list(grad))
 
     def param_grad(self, param):
         return param.grad
@@ -184,7 +185,7 @@ class Adapter(FrameworkAdapter):
         param.grad = grad
 
     def no_grad(self):
-        return tensor.no_grad()
+        return no_grad()
 
     def set_value(self, param, array) -> None:
         param.set_(array)
@@ -215,21 +216,21 @@ class Adapter(FrameworkAdapter):
     # --- state files: a numpy .npz archive of the state dict ---------------------------------
     def load_file(self, path):
         with np.load(path, allow_pickle=False) as archive:
-            return {k: tensor.Tensor(archive[k], dtype=archive[k].dtype) for k in archive.files}
+            return {k: Tensor(archive[k], dtype=archive[k].dtype) for k in archive.files}
 
     def save_raw(self, state, path) -> None:
         arrays = {k: np.asarray(a, dtype=_dtype(dt)) for k, (a, dt) in state.items()}
         with open(path, "wb") as f:  # a file object: np.savez would add ".npz" to a path
             np.savez(f, **arrays)
 
-    def has_data(self, t) -> bool:
+    def has_data(self, tensor) -> bool:
         return True  # every toy tensor holds its values
 
-    def raw_array(self, t):
-        return t.data, self.dtype_name(t)
+    def raw_array(self, tensor):
+        return tensor.data, self.dtype_name(tensor)
 
-    def assign_raw(self, t, array, dtype_name: str) -> None:
-        t.set_(np.asarray(array, dtype=_dtype(dtype_name)))
+    def assign_raw(self, tensor, array, dtype_name: str) -> None:
+        tensor.set_(np.asarray(array, dtype=_dtype(dtype_name)))
 
     def state_items(self, model):
         return list(model.state_dict().items())
