@@ -19,7 +19,7 @@ from .base import FrameworkAdapter
 from .toyfw import functional, nn, optim
 from .toyfw.tensor import Tensor, add, mean, mul, no_grad, run_backward
 
-_PACKAGE = "padiff.frameworks.toyfw."
+_PACKAGE = toyfw.__name__ + "."  # "padiff.frameworks.toyfw."
 _CONTAINERS = (nn.Sequential,)
 
 
