@@ -12,16 +12,16 @@ from typing import Dict, Optional
 
 from ..errors import PadiffError
 
-# Framework name -> adapter module, and the package whose classes are that framework's ->
-# framework name. A new framework is one module beside this file and a line in each table (or
-# one register_adapter call). The toy framework over numpy (toyfw/, adapter toy.py) is the
-# reference example; its package is inside padiff, so it is named by its dotted path.
-_ADAPTER_MODULES = {
-    "torch": "padiff.frameworks.torch",
-    "paddle": "padiff.frameworks.paddle",
-    "toy": "padiff.frameworks.toy",
+# Framework name -> (the package that defines its classes, its adapter module). A new framework
+# is one module beside this file and one line here (or one register_adapter call). The toy
+# framework over numpy (toyfw/, adapter toy.py) is the reference example; its package lives
+# inside padiff, so it is named by its dotted path.
+_FRAMEWORKS = {
+    "torch": ("torch", "padiff.frameworks.torch"),
+    "paddle": ("paddle", "padiff.frameworks.paddle"),
+    "toy": ("padiff.frameworks.toyfw", "padiff.frameworks.toy"),
 }
-_PACKAGES = {"torch": "torch", "paddle": "paddle", "padiff.frameworks.toyfw": "toy"}
+_PACKAGES = {package: name for name, (package, _) in _FRAMEWORKS.items()}  # package -> framework name
 _CACHE: Dict[str, object] = {}
 
 
@@ -30,7 +30,7 @@ def register_adapter(name: str, module: str, package: Optional[str] = None) -> N
     :class:`~padiff.frameworks.base.FrameworkAdapter`) for objects whose classes are defined in
     ``package`` (a top-level package, or a dotted one; default: ``name``). The module is
     imported when such an object is first met."""
-    _ADAPTER_MODULES[name] = module
+    _FRAMEWORKS[name] = (package or name, module)
     _PACKAGES[package or name] = name
     _CACHE.pop(name, None)
 
@@ -56,7 +56,7 @@ def framework_of(obj) -> Optional[str]:
 
 def get_adapter(name: str):
     if name not in _CACHE:
-        module = importlib.import_module(_ADAPTER_MODULES[name])
+        module = importlib.import_module(_FRAMEWORKS[name][1])
         _CACHE[name] = module.Adapter()
     return _CACHE[name]
 

@@ -23,11 +23,15 @@ _PACKAGE = toyfw.__name__ + "."  # "padiff.frameworks.toyfw."
 _CONTAINERS = (nn.Sequential,)
 
 
+# numpy's own dtypes: the toy's, whatever other packages (ml_dtypes' bfloat16) add to numpy
+_DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "float16", "float32", "float64", "complex64",
+           "complex128")
+
+
 def _dtype(dtype_name: str) -> np.dtype:
-    try:
-        return np.dtype(dtype_name)
-    except TypeError:
-        raise PadiffError(f"The toy framework has no dtype {dtype_name!r}: it holds numpy arrays only.") from None
+    if dtype_name not in _DTYPES:
+        raise PadiffError(f"The toy framework has no dtype {dtype_name!r}: it holds numpy arrays only.")
+    return np.dtype(dtype_name)
 
 
 class Adapter(FrameworkAdapter):
