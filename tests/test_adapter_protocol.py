@@ -129,12 +129,16 @@ def test_protocol_sizes_and_nesting():
                 assert inspect.getdoc(getattr(proto, name)), f"{proto.__name__}.{name} has no docstring"
 
 
-@pytest.mark.parametrize("framework", ["torch", "paddle"])
+# The toy framework over numpy (padiff/frameworks/toyfw) is the reference implementation.
+_PREFIXES = {"torch": "torch.", "paddle": "paddle.", "toy": "padiff.frameworks.toyfw."}
+
+
+@pytest.mark.parametrize("framework", ["torch", "paddle", "toy"])
 def test_framework_adapter_implements_every_member(framework):
     ad = get_adapter(framework)
     _check_implements(ad, FrameworkAdapter)
     assert ad.name == framework and ad.title == framework.capitalize()
-    assert ad.package_prefix == framework + "."
+    assert ad.package_prefix == _PREFIXES[framework]
     assert ad.linear_weight_layout in ("out_in", "in_out")
 
 

@@ -17,27 +17,53 @@ from typing import Dict, Iterator, List, Optional
 from ..errors import PadiffError
 from .base import FrameworkNames
 
-# Top-level package of an object's class -> adapter module; its names table is the module
-# "<adapter module>_names". A new framework is one line here and those two modules beside this file.
-_ADAPTER_MODULES = {
-    "torch": "padiff.frameworks.torch",
-    "paddle": "padiff.frameworks.paddle",
+# Framework name -> (the package that defines its classes, its adapter module). Beside the adapter
+# module sit "<adapter module>_names" (NAMES: names and spellings) and "<adapter module>_tables"
+# (WEIGHT_TABLES), which import no framework. A new framework is those three modules and one line
+# here, or one register_adapter call. The toy framework over numpy (toyfw/, adapter toy.py), the
+# reference example, is registered by the tests that use it, so users' messages list only real
+# frameworks.
+_FRAMEWORKS = {
+    "torch": ("torch", "padiff.frameworks.torch"),
+    "paddle": ("paddle", "padiff.frameworks.paddle"),
 }
+_PACKAGES = {package: name for name, (package, _) in _FRAMEWORKS.items()}  # package -> framework name
 _CACHE: Dict[str, object] = {}
 
 
-def framework_of(obj) -> str | None:
+def register_adapter(name: str, module: str, package: Optional[str] = None) -> None:
+    """Make padiff find the adapter in ``module`` (its ``Adapter`` class, implementing
+    :class:`~padiff.frameworks.base.FrameworkAdapter`, with ``<module>_names`` and
+    ``<module>_tables`` beside it) for objects whose classes are defined in ``package`` (a
+    top-level package, or a dotted one; default: ``name``). The module is imported when such an
+    object is first met."""
+    _FRAMEWORKS[name] = (package or name, module)
+    _PACKAGES[package or name] = name
+    _CACHE.pop(name, None)
+
+
+def _framework_of_module(module: str) -> Optional[str]:
+    """The framework whose package holds ``module``, looked up from the module outwards."""
+    while module:
+        name = _PACKAGES.get(module)
+        if name is not None:
+            return name
+        module = module.rpartition(".")[0]
+    return None
+
+
+def framework_of(obj) -> Optional[str]:
     """The name of the known framework that defines one of the object's classes, or None."""
     for cls in type(obj).__mro__:
-        top = (cls.__module__ or "").split(".", 1)[0]
-        if top in _ADAPTER_MODULES:
-            return top
+        name = _framework_of_module(cls.__module__ or "")
+        if name is not None:
+            return name
     return None
 
 
 def get_adapter(name: str):
     if name not in _CACHE:
-        module = importlib.import_module(_ADAPTER_MODULES[name])
+        module = importlib.import_module(_FRAMEWORKS[name][1])
         _CACHE[name] = module.Adapter()
     return _CACHE[name]
 
@@ -45,14 +71,14 @@ def get_adapter(name: str):
 def names_of(framework: str) -> Optional[FrameworkNames]:
     """The names table of a known framework (None for another name, as a dump of a framework this
     padiff does not know may hold); imports no framework."""
-    if framework not in _ADAPTER_MODULES:
+    if framework not in _FRAMEWORKS:
         return None
-    return importlib.import_module(_ADAPTER_MODULES[framework] + "_names").NAMES
+    return importlib.import_module(_FRAMEWORKS[framework][1] + "_names").NAMES
 
 
 def known_frameworks() -> List[FrameworkNames]:
     """Every known framework's names table, in registration order; imports no framework."""
-    return [names_of(name) for name in _ADAPTER_MODULES]
+    return [names_of(name) for name in _FRAMEWORKS]
 
 
 def type_names(*roles: str) -> List[str]:
@@ -72,16 +98,16 @@ def type_choices(*roles: str, joiner: str = "or") -> str:
 def tables_for(name: str):
     """The weight tables of a framework by name, read without importing the framework (the offline
     dump reader's); None for a framework padiff has no adapter for."""
-    if name not in _ADAPTER_MODULES:
+    if name not in _FRAMEWORKS:
         return None
-    return importlib.import_module(f"{_ADAPTER_MODULES[name]}_tables").WEIGHT_TABLES
+    return importlib.import_module(f"{_FRAMEWORKS[name][1]}_tables").WEIGHT_TABLES
 
 
 def adapters() -> Iterator[object]:
     """Every framework's adapter that can be imported here, in a fixed order (torch, paddle),
     each imported only when the caller asks for the next: a lookup that stops at the first
     framework that fits imports no other."""
-    for name in _ADAPTER_MODULES:
+    for name in _FRAMEWORKS:
         try:
             yield get_adapter(name)
         except ImportError:
