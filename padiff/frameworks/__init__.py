@@ -20,26 +20,38 @@ from .base import FrameworkNames
 # Framework name -> (the package that defines its classes, its adapter module). Beside the adapter
 # module sit "<adapter module>_names" (NAMES: names and spellings) and "<adapter module>_tables"
 # (WEIGHT_TABLES), which import no framework. A new framework is those three modules and one line
-# here, or one register_adapter call. The toy framework over numpy (toyfw/, adapter toy.py), the
-# reference example, is registered by the tests that use it, so users' messages list only real
-# frameworks.
+# here, or one register_adapter call. The toy framework over numpy (toyfw/, adapter toy.py) is the
+# reference example: found like any other, but not listed (_UNLISTED) where messages and the
+# command line name the frameworks a user may pass.
 _FRAMEWORKS = {
     "torch": ("torch", "padiff.frameworks.torch"),
     "paddle": ("paddle", "padiff.frameworks.paddle"),
+    "toy": ("padiff.frameworks.toyfw", "padiff.frameworks.toy"),
 }
+_UNLISTED = {"toy"}
 _PACKAGES = {package: name for name, (package, _) in _FRAMEWORKS.items()}  # package -> framework name
 _CACHE: Dict[str, object] = {}
 
 
-def register_adapter(name: str, module: str, package: Optional[str] = None) -> None:
+def register_adapter(name: str, module: str, package: Optional[str] = None, *, listed: bool = True) -> None:
     """Make padiff find the adapter in ``module`` (its ``Adapter`` class, implementing
     :class:`~padiff.frameworks.base.FrameworkAdapter`, with ``<module>_names`` and
     ``<module>_tables`` beside it) for objects whose classes are defined in ``package`` (a
     top-level package, or a dotted one; default: ``name``). The module is imported when such an
-    object is first met."""
+    object is first met. ``listed=False``: not named in messages that list what a user may pass."""
     _FRAMEWORKS[name] = (package or name, module)
+    (_UNLISTED.discard if listed else _UNLISTED.add)(name)
     _PACKAGES[package or name] = name
     _CACHE.pop(name, None)
+
+
+def unregister_adapter(name: str) -> None:
+    """Forget a framework :func:`register_adapter` made known (a test's, a plugin's)."""
+    package, _ = _FRAMEWORKS.pop(name)
+    if _PACKAGES.get(package) == name:
+        del _PACKAGES[package]
+    _CACHE.pop(name, None)
+    _UNLISTED.discard(name)
 
 
 def _framework_of_module(module: str) -> Optional[str]:
@@ -77,8 +89,8 @@ def names_of(framework: str) -> Optional[FrameworkNames]:
 
 
 def known_frameworks() -> List[FrameworkNames]:
-    """Every known framework's names table, in registration order; imports no framework."""
-    return [names_of(name) for name in _FRAMEWORKS]
+    """Every listed framework's names table, in registration order; imports no framework."""
+    return [names_of(name) for name in _FRAMEWORKS if name not in _UNLISTED]
 
 
 def type_names(*roles: str) -> List[str]:
@@ -108,6 +120,8 @@ def adapters() -> Iterator[object]:
     each imported only when the caller asks for the next: a lookup that stops at the first
     framework that fits imports no other."""
     for name in _FRAMEWORKS:
+        if name in _UNLISTED:
+            continue
         try:
             yield get_adapter(name)
         except ImportError:

@@ -16,6 +16,8 @@ import numpy as np
 from ..errors import PadiffError
 from . import toyfw
 from .base import FrameworkAdapter
+from .toy_names import NAMES
+from .toy_tables import WEIGHT_TABLES
 from .toyfw import functional, nn, optim
 from .toyfw.tensor import Tensor, add, mean, mul, no_grad, run_backward
 
@@ -35,14 +37,29 @@ def _dtype(dtype_name: str) -> np.dtype:
 
 
 class Adapter(FrameworkAdapter):
-    name = "toy"
-    title = "Toy"
+    # Names and spellings, as data (toy_names.py, readable without this module).
+    name = NAMES.name
+    title = NAMES.title
+    reference_rank = NAMES.reference_rank
+    package_dirs = NAMES.package_dirs
+    api_top_level_names = NAMES.api_top_level_names
+    api_tensor_methods = NAMES.api_tensor_methods
+    api_not_ops = NAMES.api_not_ops
+    api_spellings = NAMES.api_spellings
     # Capabilities, as data.
     package_prefix = _PACKAGE
-    linear_weight_layout = "out_in"  # Linear.weight is [out_features, in_features]
+    layer_class = NAMES.type_names["model"]
+    linear_weight_layout = WEIGHT_TABLES.linear_weight_layout
+    weight_tables = WEIGHT_TABLES
     parallel_layer_classes: dict = {}  # no tensor-parallel layers
-    supports_kwargs_hooks = True
-    supports_tensor_grad_hooks = True
+    # State files: numpy's .npz archives (load_file / save_raw).
+    state_file_suffixes = (".npz",)
+    state_file_label = ".npz"
+    state_file_zip = False  # an .npz is a zip, but numpy's own: no other framework's file is taken for one
+    state_file_names = ()
+    safetensors_formats = ("np",)
+    lazy_build = "(the toy has no lazy build)"
+    save_call = "np.savez(path, **model.state_dict())"
 
     # --- objects -------------------------------------------------------------------------
     def is_layer(self, obj) -> bool:

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from padiff.errors import PadiffError
-from padiff.frameworks import adapter_for, adapter_for_value, framework_of, get_adapter, register_adapter, toyfw as T
+from padiff.frameworks import (adapter_for, adapter_for_value, framework_of, get_adapter, known_frameworks,
+                               register_adapter, toyfw as T, unregister_adapter)
 from padiff.frameworks.base import FrameworkAdapter
 
 AD = get_adapter("toy")
@@ -26,10 +27,15 @@ def test_the_toy_adapter_is_found_from_layers_tensors_and_subclasses():
 
 
 def test_a_registered_package_is_found_from_its_classes_first():
-    register_adapter("toy_again", "padiff.frameworks.toy", package=__name__)
-    assert framework_of(Mine()) == "toy_again"  # this module's class, before its toy base class
-    assert framework_of(T.Linear(1, 1)) == "toy"
-    assert get_adapter("toy_again").name == "toy"
+    register_adapter("toy_again", "padiff.frameworks.toy", package=__name__, listed=False)
+    try:
+        assert framework_of(Mine()) == "toy_again"  # this module's class, before its toy base class
+        assert framework_of(T.Linear(1, 1)) == "toy"
+        assert get_adapter("toy_again").name == "toy"
+        assert "toy_again" not in [fw.name for fw in known_frameworks()]
+    finally:
+        unregister_adapter("toy_again")
+    assert framework_of(Mine()) == "toy"
 
 
 def test_what_the_toy_framework_lacks_is_said_plainly():
