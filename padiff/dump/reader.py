@@ -136,13 +136,14 @@ class DumpAdapter(RecordedModelAdapter):
         self.dump = dump
         self.name = dump.framework
         self.title = dump.manifest.get("framework_title") or dump.framework.capitalize()
-        self.package_prefix = self.name + "."
         # the recording framework's names table (no import of the framework); a framework this
         # padiff does not know ranks lowest and pairs its calls by their own names
         names = names_of(self.name)
         self.reference_rank = names.reference_rank if names else -1
         self.api_spellings = dict(names.api_spellings) if names else {}
         self.weight_tables = tables_for(self.name)  # declared data, read without the framework
+        self.linear_weight_layout = dump.manifest.get("linear_weight_layout") or (
+            self.weight_tables.linear_weight_layout if self.weight_tables is not None else None)
 
     def is_layer(self, obj) -> bool:
         return isinstance(obj, DumpLayer)
@@ -188,6 +189,9 @@ class DumpAdapter(RecordedModelAdapter):
 
     def dtype_name(self, tensor) -> str:
         return tensor.dtype
+
+    def has_data(self, tensor) -> bool:
+        return True  # a dump holds every tensor's values
 
     def to_numpy(self, tensor) -> np.ndarray:
         """The value before the first step (what the weight rules convert)."""

@@ -632,7 +632,7 @@ def _header(side: Side, opts, notes) -> dict:
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "framework": ad.name,
         "framework_title": ad.title,
-        "linear_weight_layout": getattr(ad, "linear_weight_layout", None),
+        "linear_weight_layout": ad.linear_weight_layout,
         "versions": _versions(ad),
         "model": {"class": type(side.model).__name__, "name": side.name, "repr": ad.layer_repr(side.model)},
         "options": _options_json(opts),

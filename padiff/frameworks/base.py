@@ -115,9 +115,11 @@ class RecordedModelAdapter(Protocol):
     name a dump records, and the side names the core compares against."""
     title: str
     """The framework's name as the reports write it (``"Torch"``, ``"Paddle"``)."""
-    package_prefix: str
-    """The framework's top-level package with a trailing dot (``"torch."``). Declared; the core
-    does not read it yet."""
+    linear_weight_layout: Optional[str]
+    """How ``Linear.weight`` is stored: ``"out_in"`` ([out_features, in_features], torch) or
+    ``"in_out"`` (paddle). Weight pairing transposes between the two and finds fused projections
+    with it; a dump records it. None only for a dump of a framework padiff has no tables for,
+    made by a padiff that did not record it: fused projections are then not looked for."""
     reference_rank: int
     """Which side is the reference when the two models' frameworks differ: the one of the higher
     rank (:attr:`FrameworkNames.reference_rank`); :func:`padiff.side.reference_index` reads it."""
@@ -181,6 +183,9 @@ class RecordedModelAdapter(Protocol):
     def dtype_name(self, tensor: Tensor) -> str:
         """The dtype without the framework prefix (``"float32"``, ``"bfloat16"``)."""
 
+    def has_data(self, tensor: Tensor) -> bool:
+        """False for a tensor without values (a model built on the meta device or lazily)."""
+
     def to_numpy(self, tensor: Tensor) -> np.ndarray:
         """The tensor's value as a numpy array the caller may keep (never a view of memory that a later
         in-place op could change); dtypes numpy lacks (bfloat16) come back as float32."""
@@ -193,10 +198,6 @@ class FrameworkAdapter(RecordedModelAdapter, Protocol):
     decision stays in the core."""
 
     # --- capabilities, as data ---------------------------------------------------------------
-    linear_weight_layout: Optional[str]
-    """How ``Linear.weight`` is stored: ``"out_in"`` ([out_features, in_features], torch) or
-    ``"in_out"`` (paddle). Weight pairing transposes between the two; the dump records it. The
-    dump reader lacks it, so the core reads it with ``getattr(ad, "linear_weight_layout", None)``."""
     parallel_layer_classes: Dict[str, str]
     """Tensor-parallel layer classes, by class name, and their layout (``"column"``, ``"row"`` or
     ``"vocab"``); a layer whose class or a base class has one of these names is sharded so.
@@ -371,9 +372,6 @@ class FrameworkAdapter(RecordedModelAdapter, Protocol):
     def save_raw(self, state: Dict[str, Tuple[np.ndarray, str]], path: str) -> None:
         """Save ``{key: (array, dtype name)}`` as this framework's state dict file (arrays of dtypes
         numpy lacks hold the raw bits)."""
-
-    def has_data(self, tensor: Tensor) -> bool:
-        """False for a tensor without values (a model built on the meta device or lazily)."""
 
     def raw_array(self, tensor: Tensor) -> Tuple[np.ndarray, str]:
         """``(array, dtype name)``, the array possibly a view; for dtypes numpy lacks (bfloat16,

@@ -48,7 +48,6 @@ class Adapter(FrameworkAdapter):
     # Capabilities, as data.
     parallel_layer_classes = _PARALLEL_LAYERS  # tensor-parallel classes by name: their layout
     linear_weight_layout = "in_out"  # Linear.weight is [in_features, out_features]
-    package_prefix = "paddle."
     layer_class = "paddle.nn.Layer"
     weight_tables = WEIGHT_TABLES  # declared in paddle_tables.py, which offline dumps read too
     # State files: paddle.save writes them; paddleformers' save_pretrained names one model_state.pdparams.

@@ -39,7 +39,6 @@ class Adapter(FrameworkAdapter):
     # Capabilities, as data.
     parallel_layer_classes = _PARALLEL_LAYERS  # tensor-parallel classes by name: their layout
     linear_weight_layout = "out_in"  # Linear.weight is [out_features, in_features]
-    package_prefix = "torch."
     layer_class = "torch.nn.Module"
     weight_tables = WEIGHT_TABLES  # declared in torch_tables.py, which offline dumps read too
     # State files: torch.save writes them; Hugging Face's save_pretrained names one pytorch_model.bin.

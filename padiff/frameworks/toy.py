@@ -47,7 +47,6 @@ class Adapter(FrameworkAdapter):
     api_not_ops = NAMES.api_not_ops
     api_spellings = NAMES.api_spellings
     # Capabilities, as data.
-    package_prefix = _PACKAGE
     layer_class = NAMES.type_names["model"]
     linear_weight_layout = WEIGHT_TABLES.linear_weight_layout
     weight_tables = WEIGHT_TABLES

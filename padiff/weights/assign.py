@@ -319,8 +319,7 @@ def linear_dims(ctx: Ctx):
     """For the matcher: ``dims(node, is_src)`` = (out_features, in_features, has_bias) of a
     Linear leaf (a weight and maybe a bias, nothing else), None for anything else; None
     altogether when an adapter does not say how it stores Linear weights."""
-    if getattr(ctx.src_ad, "linear_weight_layout", None) is None or \
-            getattr(ctx.dst_ad, "linear_weight_layout", None) is None:
+    if ctx.src_ad.linear_weight_layout is None or ctx.dst_ad.linear_weight_layout is None:
         return None
 
     def dims(node: Node, is_src: bool):
