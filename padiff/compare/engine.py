@@ -182,7 +182,7 @@ def compare_grads(a: Node, b: Node, ref_grads, test_grads, options, step: int, w
                                 context=context(ref_grads[k]) if callable(context) else context)
             d = compare_records(test_grads[k], ref_grads[k], tol, options.compare_mode)
         findings.append(Finding("backward", show_id(k, what), a.label(), b.label(), a.name, b.name, d, step,
-                                ref_node=a, test_node=b))
+                                ref_node=a, test_node=b, gradient=what.split()[0]))
     return findings
 
 
@@ -299,7 +299,7 @@ def compare_backward(pairing: Pairing, ref_events: List[Tuple[Node, str]], optio
             carried = carried_error([diff], carried)
             name = show_id(k, what) if kind != "exit" or k == k_b else f"{show_id(k, what)} / {show_id(k_b, what)}"
             findings.append(Finding("backward", name, a.label(), b.label(), a.name, b.name, diff, step,
-                                    ref_node=a, test_node=b))
+                                    ref_node=a, test_node=b, gradient=what.split()[0]))
     if unshared and notes is not None:
         notes.append(_unshared_note(unshared))
     return findings
@@ -334,7 +334,7 @@ def _one_sided_gradient(a: Node, b: Node, extra, what: str, step: int) -> Findin
                           "model this tensor does not reach the loss (a detach, no_grad, stop_gradient, "
                           "or an integer tensor?).")
     return Finding("backward", show_id(k, what), a.label(), b.label(), a.name, b.name, d, step,
-                   ref_node=a, test_node=b)
+                   ref_node=a, test_node=b, gradient=what.split()[0])
 
 
 def _unshared_note(unshared: list) -> str:

@@ -109,7 +109,7 @@ def readers_of(finding: Finding, nodes) -> Tuple[str, ...]:
     """For an output gradient, the layers (innermost) among ``nodes`` that read that output:
     their backward computed the gradient, so an error that appears there is theirs."""
     node = finding.ref_node
-    if node is None or finding.stage != "backward" or not finding.what.startswith("output gradient"):
+    if node is None or finding.stage != "backward" or finding.gradient != "output":
         return ()
     records = {id(r) for r in node.grad_out.values() if r is not None}
     reading = [n for n in nodes if n.kind == "net" and n is not node

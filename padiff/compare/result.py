@@ -52,6 +52,7 @@ class Finding:
     test_repr: str = ""
     cause: str = ""  # what padiff concludes the difference means, in words for the user
     cause_kind: Optional[Cause] = None  # the same as data
+    gradient: str = ""  # backward findings of a call: "output" or "input", the gradient compared
     # compare.nonfinite.NonFinite: where the NaN/Inf this finding's values hold first appeared
     nonfinite: tuple = ()
 
