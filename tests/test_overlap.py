@@ -107,3 +107,15 @@ def test_overlap_is_off_in_single_step_mode(monkeypatch):
     auto_diff(make_net("paddle"), make_net("torch"), (net_input("paddle"), net_input("torch")),
               options={"overlap": True})
     assert started == [True]
+
+
+def test_small_records_are_compared_without_a_worker_unless_asked():
+    # a tiny model's comparison is mostly Python work: a worker would contend for the
+    # interpreter lock with the tested model's gradient hooks
+    from padiff.run.live import OVERLAP_MIN_BYTES
+
+    inputs = (net_input("paddle"), net_input("torch"))
+    small = auto_diff(make_net("paddle"), make_net("torch"), inputs)
+    assert small and small.overlapped is False and OVERLAP_MIN_BYTES == 16 << 20
+    asked = auto_diff(make_net("paddle"), make_net("torch"), inputs, options={"overlap": True})
+    assert asked and asked.overlapped is True

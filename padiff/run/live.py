@@ -70,6 +70,18 @@ def prepare_live(sides, ref_i: int, inputs, loss_fns, optimizers, schedulers, op
     return LiveRun(cmp, calls, loss_fns, optimizers, schedulers, opts, input_nonfinite), notes
 
 
+# Below this many bytes of the reference's records a step's comparison takes a few
+# milliseconds of mostly Python work: a worker thread would only contend for the interpreter
+# lock with the tested model's gradient hooks (a tiny HF Llama: 64 ms of padiff's time per call
+# with the worker, 55 without).
+OVERLAP_MIN_BYTES = 16 << 20
+
+
+def _worth_a_thread(ref_spill) -> bool:
+    """Whether the reference's records are large enough to compare in a worker."""
+    return ref_spill.held >= OVERLAP_MIN_BYTES or ref_spill.folder is not None
+
+
 class LiveRun:
     """What each step of two live models needs: the comparison, the calls (in the user's
     order), the pairs of loss functions, optimizers and schedulers (or None), and where the
@@ -81,8 +93,10 @@ class LiveRun:
         self.input_nonfinite = list(input_nonfinite)
         self.param_paths = cmp.param_paths()
         # Compare while the tested model runs its backward when its framework leaves a core idle
-        # (single-step mode replays the tested model after its run, so it compares afterwards).
+        # (single-step mode replays the tested model after its run, so it compares afterwards),
+        # and, unless the user asked for it, when there is enough to compare (see _worth_a_thread).
         self.threaded = wants_overlap(opts.overlap, cmp.test.adapter, cmp.test.model) and not opts.single_step
+        self.overlapped = False  # whether any step compared in a worker
 
     def _record(self, i: int, spill, **more):
         opts = self.opts
@@ -98,12 +112,14 @@ class LiveRun:
         ref_run = self._record(ref_i, ref_spill)
         release_freed_memory()  # the reference's activations, before the tested model's run
         compared = []
-        arrivals = Arrivals() if self.threaded else None
+        threaded = self.threaded and (self.opts.overlap is True or _worth_a_thread(ref_spill))
+        self.overlapped = self.overlapped or threaded
+        arrivals = Arrivals() if threaded else None
 
         def start(test_run):
             compared.append(Background(
                 lambda: compare_step(ref_run, test_run, self.cmp, self.opts, step,
-                                     ready=arrivals.ready if arrivals else None), self.threaded))
+                                     ready=arrivals.ready if arrivals else None), threaded))
 
         try:
             test_run = self._record(1 - ref_i, test_spill, after_forward=start, arrivals=arrivals)
@@ -148,12 +164,12 @@ def run_live(result: AlignResult, live: LiveRun, out: Printer) -> AlignResult:
     """Every step of two live models, then the end of the report. Without optimizers the
     models are left without gradients, as they came."""
     opts = live.opts
-    result.overlapped = live.threaded
     started = time.monotonic()
     header = lambda step: console.step_header(step) + (eta(step, opts.steps, started) if opts.steps > 1 else "")
     try:
         run_steps(result, opts, out, live.step, header=header)
     finally:
+        result.overlapped = live.overlapped
         if live.optimizers is None:
             for s in (live.cmp.ref, live.cmp.test):
                 clear_grads(s)
