@@ -376,9 +376,14 @@ def _fmt(x) -> str:
 
 
 def _index(flat_index: int, shape) -> Tuple[int, ...]:
+    """``numpy.unravel_index`` in plain Python (a few times faster on one index)."""
     if not shape or 0 in shape:  # a scalar, or an empty tensor: no element to point at
         return ()
-    return tuple(int(i) for i in np.unravel_index(int(flat_index), shape))
+    flat, out = int(flat_index), []
+    for size in reversed(shape):
+        flat, i = divmod(flat, int(size))
+        out.append(i)
+    return tuple(reversed(out))
 
 
 def broadcast_shape(shape_a, shape_b) -> Optional[Tuple[int, ...]]:
@@ -444,7 +449,7 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tol: Tolerance, mode: str = "st
         return TensorDiff(True, numel=0, **base)
     err = np.subtract(af, bf)
     np.abs(err, out=err)
-    i_abs = int(np.argmax(err)) if n else 0
+    i_abs = int(err.argmax()) if n else 0
     if n and not np.isfinite(err[i_abs]):
         return _nonfinite_diff(af, bf, a.shape, base)
     if mode in ("mean", "abs_mean"):
@@ -568,7 +573,7 @@ def _max_relative(err, mag_b, rel) -> Tuple[float, int]:
         max_rel = float(np.fmax.reduce(rel))  # NaN-skipping maximum
     if math.isnan(max_rel):
         return 0.0, 0
-    return max_rel, int(np.argmax(rel == max_rel))
+    return max_rel, int((rel == max_rel).argmax())
 
 
 def _near_tie_flips(af, bf, err, over, mismatched, tol):
