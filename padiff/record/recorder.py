@@ -17,7 +17,7 @@ from ..errors import PadiffError, PadiffInternalError
 from ..structure import flatten, key_text
 from .api import ApiPatcher, api_targets
 from .spill import Spill
-from .trace import LazyFrames, Node, SourceFrame, TensorRecord, Trace, array_fingerprint
+from .trace import LazyFrames, Node, SourceFrame, TensorRecord, Trace
 
 _PADIFF_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -333,7 +333,7 @@ class Recorder:
             node.frames = self._frames()
             ad = self.adapter
             items = tensor_items(args, kwargs, ad.is_tensor)
-            node.in_prints = tuple(self._input_norm(t) for _, t in items if ad.is_floating(t))  # before an in-place op
+            node.in_prints = tuple(ad.fingerprint(t) for _, t in items if ad.is_floating(t))  # before an in-place op
             if parent.layer_key not in self.walk.innermost:  # inside an innermost layer: counted there
                 self._count_uses(items)
             out = original(*args, **kwargs)
@@ -366,16 +366,6 @@ class Recorder:
         if isinstance(value, dict):
             return {k: self._skeleton(v) for k, v in value.items()}
         return value
-
-    def _input_norm(self, tensor) -> float:
-        """The fingerprint of a framework call's input: from the record of that very tensor value
-        where this run holds one (the output of an earlier call: numpy on a kept copy, no
-        framework dispatch), else from the adapter."""
-        hit = self._records.get(id(tensor))
-        if hit is not None and hit[0]() is tensor and hit[2].array is not None \
-                and hit[1] == self.adapter.version(tensor):
-            return array_fingerprint(hit[2].array)
-        return self.adapter.fingerprint(tensor)
 
     # --- hooks ---------------------------------------------------------------------------
     def _record(self, value) -> TensorRecord:

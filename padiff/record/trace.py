@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from collections.abc import Sequence
 from typing import Any, Dict, List, Optional, Tuple
@@ -114,16 +113,6 @@ class LazyFrames(Sequence):
     def __repr__(self) -> str:
         return repr(self.resolved())
 
-
-def array_fingerprint(array: np.ndarray) -> float:
-    """What ``FrameworkAdapter.fingerprint`` gives for a tensor, from a kept copy of it: the L2
-    norm, of an evenly strided sample of a tensor of more than 65536 elements."""
-    flat = np.asarray(array).reshape(-1)
-    n = flat.size
-    flat = flat[:: n // 4096] if n > 65536 else flat
-    if flat.dtype not in (np.float32, np.float64):
-        flat = flat.astype(np.complex128 if flat.dtype.kind == "c" else np.float32)
-    return math.sqrt(float(np.vdot(flat, flat).real))
 
 @dataclass(eq=False)
 class Node:
