@@ -3,21 +3,24 @@
 **Writing.** ``padiff.dump`` inside a torch.distributed or paddle.distributed run (found through
 the adapter's ``distributed_info``, not configured) writes each rank's dump into
 ``FOLDER/rank<k>/``: a whole dump of the usual format whose manifest's ``distributed`` entry says
-the rank, the world size, the backend and the parallel groups (:func:`~padiff.dump.parallel_groups.run_entry`), and whose layer
-table marks each tensor-parallel layer with its layout (:func:`~padiff.dump.tp_layout.layer_layout`).
+the rank, the world size, the backend and the parallel groups
+(:func:`~padiff.dump.parallel_groups.run_entry`), and whose layer table marks each
+tensor-parallel layer with its layout (:func:`~padiff.dump.tp_layout.layer_layout`).
 
 **Reading.** A folder without a manifest of its own that holds ``rank<k>/`` dumps is a
-:class:`~padiff.dump.ranks.RankedDump`; each rank is read as an ordinary :class:`~padiff.dump.reader.Dump`.
+:class:`~padiff.dump.ranks.RankedDump`; each rank is read as an ordinary
+:class:`~padiff.dump.reader.Dump`.
 
-**Comparing** (``ranked.py``, :func:`~padiff.dump.ranked.compare_distributed`). Two runs of the same layout (world size and groups)
-are compared rank by rank: rank k with rank k, shards with shards. Otherwise each side's
-tensor-parallel groups are gathered into one unsharded run each (:class:`~padiff.dump.gather.GatheredDump`) and
-compared data-parallel replica by replica: so a tensor-parallel run is compared with a
-single-process one, or with a run at another tensor-parallel degree. A single-process dump is
-compared with the distributed run's rank 0 (its tensor-parallel group gathered); ``rank=k``
-chooses another rank's replica, ``rank="all"`` compares it with every replica. Each pair is
-compared by ``compare_dumps`` as two single dumps are (one pair of arrays at a time), in this
-process or in ``jobs`` worker processes, one pair per process at a time.
+**Comparing** (``ranked.py``, :func:`~padiff.dump.ranked.compare_distributed`). Two runs of the
+same layout (world size and groups) are compared rank by rank: rank k with rank k, shards with
+shards. Otherwise each side's tensor-parallel groups are gathered into one unsharded run each
+(:class:`~padiff.dump.gather.GatheredDump`) and compared data-parallel replica by replica: so a
+tensor-parallel run is compared with a single-process one, or with a run at another
+tensor-parallel degree. A single-process dump is compared with the distributed run's rank 0 (its
+tensor-parallel group gathered); ``rank=k`` chooses another rank's replica, ``rank="all"``
+compares it with every replica. Each pair is compared by ``compare_dumps`` as two single dumps
+are (one pair of arrays at a time), in this process or in ``jobs`` worker processes, one pair
+per process at a time.
 
 **Layouts, as rules** (``tp_layout.py``; Megatron-LM's, which paddle's fleet classes follow):
 

@@ -268,7 +268,6 @@ class GatheredDump(Dump):
                 "layer if its class is wrong.")
 
 
-
 def _gathered_norms(prints: List[Tuple[float, ...]]) -> Tuple[float, ...]:
     """A framework call's input norms over the group: one rank's where every rank saw the same
     input, else the norm of the shards together."""

@@ -44,7 +44,6 @@ def prepare_folder(folder: str, rank: int, world: int) -> None:
             shutil.rmtree(full, ignore_errors=True)
 
 
-
 def rank_folders(path: str) -> Dict[int, str]:
     """rank -> ``path/rank<k>`` for every rank folder (finished or not) under ``path``."""
     if not os.path.isdir(path):
@@ -150,7 +149,6 @@ class RankedDump:
 
     def __repr__(self) -> str:
         return f"RankedDump({self.path!r}, framework={self.framework!r}, ranks={sorted(self.ranks)})"
-
 
 
 def open_rank(path: str) -> Dump:

@@ -88,7 +88,6 @@ def shard_dim(layout: Optional[str], ndim: int, weight_layout: Optional[str]) ->
     return None
 
 
-
 def unsharded_classes(manifest: dict) -> dict:
     """The manifest with each tensor-parallel layer's class given as the class it stands for
     (``Linear``, ``Embedding``), so the weight rules apply; its own class stays in its repr."""
@@ -99,4 +98,3 @@ def unsharded_classes(manifest: dict) -> dict:
                                 "repr": f"{e.get('repr', e['class'])} [{TITLES[e['tp']['layout']]}]"})
                      if e.get("tp") else e for e in manifest["layers"]]
     return out
-
