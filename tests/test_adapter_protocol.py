@@ -22,7 +22,7 @@ import torch
 
 from padiff.checks import check_dataloader, check_schedule
 from padiff.compare.api_names import canonical
-from padiff.dump.distributed import _GatheredAdapter
+from padiff.dump.gather import GatheredAdapter
 from padiff.dump.reader import DumpAdapter
 from padiff.errors import PadiffError
 from padiff.frameworks import get_adapter, names_of
@@ -138,7 +138,7 @@ def test_framework_adapter_implements_every_member(framework):
     assert ad.linear_weight_layout in ("out_in", "in_out")
 
 
-@pytest.mark.parametrize("cls", [DumpAdapter, _GatheredAdapter])
+@pytest.mark.parametrize("cls", [DumpAdapter, GatheredAdapter])
 def test_dump_adapter_implements_the_recorded_model_part(cls):
     ad = _dump_adapter(cls)
     _check_implements(ad, RecordedModelAdapter)

@@ -21,7 +21,8 @@ import torch
 
 from padiff import PadiffError
 from padiff.dump import compare_dumps, dump, load_dump
-from padiff.dump.distributed import DistributedResult, RankedDump
+from padiff.dump.distributed_result import DistributedResult
+from padiff.dump.ranks import RankedDump
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_TIMEOUT = 90  # seconds for one distributed run (both ranks); they take 5-15 s here
@@ -558,7 +559,8 @@ def test_shard_dims_between_layers_are_told_by_the_other_run():
     # a value no layout rule covers is whole where its counterpart has its shape, sharded along
     # the one dim where the counterpart is tp times larger; two runs at other tensor-parallel
     # degrees (2 and 4) are both gathered, and the dim is the one where both shapes meet
-    from padiff.dump.distributed import GatheredRecord, _resolve
+    from padiff.dump.gathered_record import GatheredRecord
+    from padiff.dump.shard_dims import resolve_pair
     from padiff.record.trace import TensorRecord
 
     def sharded(shape, t):
@@ -567,13 +569,13 @@ def test_shard_dims_between_layers_are_told_by_the_other_run():
     whole = TensorRecord(None, "float32", (2, 4, 5, 5))
     for shard, t, mode in (((2, 2, 5, 5), 2, ("cat", 1)), ((2, 4, 5, 5), 2, "whole"), ((2, 4, 5, 5), 4, "whole")):
         rec = sharded(shard, t)
-        _resolve(whole, rec)
+        resolve_pair(whole, rec)
         assert rec.mode == mode and rec.shape == (2, 4, 5, 5)
     a, b = sharded((2, 2, 5, 5), 2), sharded((2, 1, 5, 5), 4)
-    _resolve(a, b)
+    resolve_pair(a, b)
     assert (a.mode, b.mode, a.shape, b.shape) == (("cat", 1), ("cat", 1), (2, 4, 5, 5), (2, 4, 5, 5))
     odd = sharded((3, 7), 2)  # nothing of the other run's shape: undecided, later left out
-    _resolve(whole, odd)
+    resolve_pair(whole, odd)
     assert odd.mode is None
 
 
@@ -609,7 +611,7 @@ def test_cli_compares_ranks_in_parallel_processes(runs):
 def test_interrupted_rank_and_stale_ranks_are_refused(runs, tmp_path):
     import shutil
 
-    from padiff.dump.distributed import prepare_folder
+    from padiff.dump.ranks import prepare_folder
 
     out = runs["out"]
     folder = tmp_path / "dp"

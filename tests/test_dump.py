@@ -16,7 +16,7 @@ import torch
 
 import padiff
 from padiff import PadiffError, auto_diff
-from padiff.dump import compare_dumps, dump, load_dump
+from padiff.dump import compare_dumps, dump, folder_writer, load_dump, npy_writer
 from support import grads_are_clear, hook_count, make_net, net_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -332,10 +332,6 @@ def test_damaged_or_newer_dumps_are_refused(tmp_path):
 
 # --- writing: each array as it is recorded, by the model's thread or a worker ------------------------
 
-def _writer():
-    return sys.modules["padiff.dump.writer"]  # `padiff.dump` is the function
-
-
 def _files(root):
     return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
 
@@ -355,7 +351,7 @@ def _same_dumps(a, b):
 
 @pytest.mark.parametrize("framework", ["torch", "paddle"])
 def test_worker_and_model_thread_write_the_same_dump(tmp_path, framework, monkeypatch):
-    monkeypatch.setattr(_writer(), "RING", 4096)  # a small ring: it wraps, fills, and the model's thread writes too
+    monkeypatch.setattr(npy_writer, "RING", 4096)  # a small ring: it wraps, fills, and the model's thread writes too
     model = make_net(framework)
     opt = (torch.optim.SGD(model.parameters(), lr=0.1) if framework == "torch" else
            paddle.optimizer.SGD(0.1, parameters=model.parameters()))
@@ -387,14 +383,14 @@ def test_worker_and_model_thread_write_the_same_dump(tmp_path, framework, monkey
 
 def test_dump_writes_arrays_while_the_model_runs_and_holds_none(tmp_path, monkeypatch):
     kept, seen = [], []
-    keep = _writer()._ArrayFiles.keep
+    keep = folder_writer.ArrayFiles.keep
 
     def spy(self, array, view=False):
         out = keep(self, array, view)
         kept.append((out, array.dtype, array.shape))
         return out
 
-    monkeypatch.setattr(_writer()._ArrayFiles, "keep", spy)
+    monkeypatch.setattr(folder_writer.ArrayFiles, "keep", spy)
     model = make_net("torch")
     partial = str(tmp_path / "d") + ".partial-" + str(os.getpid())
     model.linear2.register_forward_hook(lambda *a: seen.append(_files(os.path.join(partial, "steps", "0"))))
@@ -415,7 +411,7 @@ def test_a_failed_write_is_reported_and_leaves_nothing(tmp_path, monkeypatch, ov
     import errno
 
     calls = [0]
-    real = _writer()._write_file
+    real = npy_writer.write_file
 
     def full_disk(full, bufs):
         calls[0] += 1
@@ -423,7 +419,7 @@ def test_a_failed_write_is_reported_and_leaves_nothing(tmp_path, monkeypatch, ov
             raise OSError(errno.ENOSPC, "No space left on device")
         real(full, bufs)
 
-    monkeypatch.setattr(_writer(), "_write_file", full_disk)
+    monkeypatch.setattr(npy_writer, "write_file", full_disk)
     model = make_net("paddle")
     with pytest.raises(PadiffError, match=r"^Writing the dump `.*d` failed: No space left on device "
                                           r"\(disk full\?\)\.$"):
@@ -438,9 +434,8 @@ def test_write_npy_is_numpy_save(tmp_path):
     arrays = [base, base.T, base[:, ::2], np.float32(3.5).reshape(()), np.zeros((0, 3), np.int64),
               np.array([True, False]), base.astype(np.float16), (base + 1j).astype(np.complex64),
               base.astype(">f8")]
-    w = _writer()
     for k, a in enumerate(arrays):
-        w.write_npy(str(tmp_path / f"{k}.npy"), a)
+        npy_writer.write_npy(str(tmp_path / f"{k}.npy"), a)
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(a) if a.ndim else a)
         assert (tmp_path / f"{k}.npy").read_bytes() == buf.getvalue(), k

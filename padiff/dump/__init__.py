@@ -3,9 +3,10 @@ another process, without torch or paddle (``compare_dumps``). The format is docs
 Distributed runs (one dump per rank, ranks paired, tensor-parallel shards gathered): distributed.py."""
 
 from .compare import compare_dumps
-from .distributed import DistributedResult, RankedDump, RankResult
+from .distributed_result import DistributedResult, RankResult
 from .format import FORMAT, VERSION
 from .load import load_dump
+from .ranks import RankedDump
 from .reader import Dump
 from .writer import dump
 

@@ -6,9 +6,9 @@ steps), a distributed one pair of ranks at a time by ``ranked.py``.
 
 from __future__ import annotations
 
-from .distributed import is_distributed
 from .offline import compare_two
 from .ranked import compare_distributed
+from .ranks import is_distributed
 from .reader import Dump, open_dump
 
 
@@ -25,7 +25,7 @@ def compare_dumps(path_a, path_b, options=None, *, rank=None, jobs: int = 1, tp_
     When either dump is distributed (a folder of ``rank<k>`` dumps made by ``padiff.dump`` under
     torch.distributed or paddle.distributed), ranks are paired and compared one pair at a time
     (``jobs`` worker processes compare pairs in parallel), tensor-parallel shards gathered where
-    the layouts differ, and a :class:`~padiff.dump.distributed.DistributedResult` is returned
+    the layouts differ, and a :class:`~padiff.dump.distributed_result.DistributedResult` is returned
     (true when every rank agrees; which ranks agree, which diverged first and where). ``rank``
     chooses the rank a single-process dump is compared with (default 0; ``"all"``: every rank);
     ``tp_layout`` (``{"mlp.up": "column", "mlp.down": "row"}``) declares or corrects layouts.

@@ -59,6 +59,15 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def is_padiff_manifest(file: str) -> bool:
+    """Whether ``file`` is a padiff dump's manifest (finished or not): what a dump may replace."""
+    try:
+        with open(file, encoding="utf-8") as fh:
+            return json.load(fh).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def read_manifest(path: str) -> dict:
     """The manifest of the complete dump at ``path``; a PadiffError for anything else: a
     missing folder, an interrupted or unfinished dump, another format, a newer version."""

@@ -27,8 +27,8 @@ from ..run.train import lr_findings, weight_findings
 from ..side import Side, reference_index
 from ..weights.assign import plan_copy
 from ..weights.rules import family
-from .distributed import resolve_shards
 from .reader import Dump
+from .shard_dims import resolve_shards
 
 P = console.P
 

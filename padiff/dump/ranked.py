@@ -19,10 +19,13 @@ from ..errors import PadiffError
 from ..options import build_options
 from ..report.console import P
 from ..report.run import Printer, distributed_tail
-from .distributed import (DistributedResult, GatheredDump, RankResult, RankedDump, is_distributed, layout_map,
-                          open_rank, ranks_text)
+from .distributed_result import DistributedResult, RankResult
+from .gather import GatheredDump
 from .offline import compare_two
+from .parallel_groups import ranks_text
+from .ranks import RankedDump, is_distributed, open_rank
 from .reader import Dump, open_dump
+from .tp_layout import layout_map
 
 
 @dataclass
@@ -247,7 +250,7 @@ def _explain_by_all_reduce(results: List[RankResult], first: Optional[RankResult
 def compare_distributed(path_a, path_b, options=None, *, rank=None, jobs: int = 1, tp_layout=None,
                         **kwargs) -> DistributedResult:
     """Compare two dumps of which at least one is distributed (see ``distributed.py``); print the
-    per-rank report and return a :class:`~padiff.dump.distributed.DistributedResult`."""
+    per-rank report and return a :class:`~padiff.dump.distributed_result.DistributedResult`."""
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise PadiffError(f"jobs must be a positive whole number, got {jobs!r}.")
     layout_map(tp_layout)  # checked before any work
