@@ -104,6 +104,11 @@ class WeightTables:
     checkpoint converter leave them out (torch's BatchNorm ``num_batches_tracked``)."""
 
 
+
+# FrameworkNames fields an adapter declares as members of the same names.
+_NAMES_MEMBERS = ("name", "title", "reference_rank", "package_dirs", "api_top_level_names", "api_tensor_methods",
+                  "api_not_ops", "api_spellings")
+
 @runtime_checkable
 class RecordedModelAdapter(Protocol):
     """A model's layers and tensors, read only: what weight pairing and the reports use. Live
@@ -195,7 +200,23 @@ class RecordedModelAdapter(Protocol):
 class FrameworkAdapter(RecordedModelAdapter, Protocol):
     """Everything padiff's core asks of a live framework: ``frameworks/torch.py`` and
     ``frameworks/paddle.py`` implement it. Methods are thin wrappers around native calls; every
-    decision stays in the core."""
+    decision stays in the core.
+
+    An implementation names its tables in its class statement, ``class Adapter(FrameworkAdapter,
+    names=NAMES, tables=WEIGHT_TABLES)``, and the members that are their values (``name``,
+    ``title``, ``reference_rank``, the API lists and spellings, ``package_dirs``, ``layer_class``,
+    ``weight_tables``, ``linear_weight_layout``) are set from them, so the two cannot disagree."""
+
+    def __init_subclass__(cls, names: Optional["FrameworkNames"] = None,
+                          tables: Optional["WeightTables"] = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if names is not None:
+            for member in _NAMES_MEMBERS:
+                setattr(cls, member, getattr(names, member))
+            cls.layer_class = names.type_names["model"]
+        if tables is not None:
+            cls.weight_tables = tables
+            cls.linear_weight_layout = tables.linear_weight_layout
 
     # --- capabilities, as data ---------------------------------------------------------------
     parallel_layer_classes: Dict[str, str]

@@ -38,21 +38,11 @@ def _norm(flat: np.ndarray) -> float:
 _DTYPE_NAMES: dict = {}  # paddle dtype -> its name ("float32")
 
 
-class Adapter(FrameworkAdapter):
-    # Names and spellings, as data (NAMES: readable without importing the framework).
-    name = NAMES.name
-    title = NAMES.title
-    reference_rank = NAMES.reference_rank
-    package_dirs = NAMES.package_dirs
-    api_top_level_names = NAMES.api_top_level_names
-    api_tensor_methods = NAMES.api_tensor_methods
-    api_not_ops = NAMES.api_not_ops
-    api_spellings = NAMES.api_spellings
+class Adapter(FrameworkAdapter, names=NAMES, tables=WEIGHT_TABLES):
+    # name, title, reference_rank, the API lists and spellings, package_dirs, layer_class,
+    # weight_tables and linear_weight_layout come from NAMES and WEIGHT_TABLES (see FrameworkAdapter).
     # Capabilities, as data.
     parallel_layer_classes = _PARALLEL_LAYERS  # tensor-parallel classes by name: their layout
-    linear_weight_layout = "in_out"  # Linear.weight is [in_features, out_features]
-    layer_class = "paddle.nn.Layer"
-    weight_tables = WEIGHT_TABLES  # declared in paddle_tables.py, which offline dumps read too
     # State files: paddle.save writes them; paddleformers' save_pretrained names one model_state.pdparams.
     state_file_suffixes = (".pdparams",)
     state_file_label = ".pdparams"

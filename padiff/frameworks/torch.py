@@ -26,21 +26,11 @@ _RANDOM = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dr
            torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)
 
 
-class Adapter(FrameworkAdapter):
-    # Names and spellings, as data (NAMES: readable without importing the framework).
-    name = NAMES.name
-    title = NAMES.title
-    reference_rank = NAMES.reference_rank
-    package_dirs = NAMES.package_dirs
-    api_top_level_names = NAMES.api_top_level_names
-    api_tensor_methods = NAMES.api_tensor_methods
-    api_not_ops = NAMES.api_not_ops
-    api_spellings = NAMES.api_spellings
+class Adapter(FrameworkAdapter, names=NAMES, tables=WEIGHT_TABLES):
+    # name, title, reference_rank, the API lists and spellings, package_dirs, layer_class,
+    # weight_tables and linear_weight_layout come from NAMES and WEIGHT_TABLES (see FrameworkAdapter).
     # Capabilities, as data.
     parallel_layer_classes = _PARALLEL_LAYERS  # tensor-parallel classes by name: their layout
-    linear_weight_layout = "out_in"  # Linear.weight is [out_features, in_features]
-    layer_class = "torch.nn.Module"
-    weight_tables = WEIGHT_TABLES  # declared in torch_tables.py, which offline dumps read too
     # State files: torch.save writes them; Hugging Face's save_pretrained names one pytorch_model.bin.
     state_file_suffixes = (".pth", ".pt", ".bin", ".ckpt")
     state_file_label = ".pth/.bin"

@@ -36,20 +36,10 @@ def _dtype(dtype_name: str) -> np.dtype:
     return np.dtype(dtype_name)
 
 
-class Adapter(FrameworkAdapter):
-    # Names and spellings, as data (toy_names.py, readable without this module).
-    name = NAMES.name
-    title = NAMES.title
-    reference_rank = NAMES.reference_rank
-    package_dirs = NAMES.package_dirs
-    api_top_level_names = NAMES.api_top_level_names
-    api_tensor_methods = NAMES.api_tensor_methods
-    api_not_ops = NAMES.api_not_ops
-    api_spellings = NAMES.api_spellings
+class Adapter(FrameworkAdapter, names=NAMES, tables=WEIGHT_TABLES):
+    # name, title, reference_rank, the API lists and spellings, package_dirs, layer_class,
+    # weight_tables and linear_weight_layout come from NAMES and WEIGHT_TABLES (see FrameworkAdapter).
     # Capabilities, as data.
-    layer_class = NAMES.type_names["model"]
-    linear_weight_layout = WEIGHT_TABLES.linear_weight_layout
-    weight_tables = WEIGHT_TABLES
     parallel_layer_classes: dict = {}  # no tensor-parallel layers
     # State files: numpy's .npz archives (load_file / save_raw).
     state_file_suffixes = (".npz",)
