@@ -517,3 +517,14 @@ def test_default_loss_sees_a_backward_bug_behind_a_final_normalisation(capsys):
     assert result.first.ref_path.split(" > ")[0] == "_TorchNormHead.cube"
     assert result.steps[0].loss.ref_type == "weighted mean(output)"
     assert plain_mean.steps[0].loss.ref_type == "loss_fn"
+
+
+def test_one_numpy_array_is_the_input_of_both_models(capsys):
+    # PaDiff before 0.2: auto_diff(layer, module, inp) with inp a numpy array
+    x = np.random.default_rng(0).standard_normal((6, 8)).astype("float32")
+    result = auto_diff(make_net("paddle"), make_net("torch"), x)
+    assert result
+    assert ("One numpy array [6, 8] (float32) was given as the input: each model received it as one positional "
+            "tensor of its framework.") in result.notes
+    with pytest.raises(PadiffError, match="or one numpy array that both models take as their only input"):
+        auto_diff(make_net("paddle"), make_net("torch"), [x])
