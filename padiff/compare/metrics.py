@@ -128,8 +128,10 @@ def _dtype_key(dtype: str) -> str:
 def tolerance_for(options, dtype_a: str, dtype_b: str, path: str = "", *, stage: Optional[str] = None,
                   context: Optional[float] = None, explained: Optional[Tuple[float, float]] = None,
                   near_ties: bool = True, carried: Optional[Tuple[float, float]] = None) -> Tolerance:
-    """Tolerance for one compared tensor: per-layer override, then per-dtype override, then
-    the user's atol/rtol, then the auto default of the lower-precision dtype.
+    """Tolerance for one compared tensor. The user's atol/rtol (per layer path, else per dtype,
+    else global) are the whole rule under ``compare_mode="strict"`` (and the mean modes); by
+    default (``"auto"``) they are an ``allowance`` on top of the auto rule of the
+    lower-precision dtype, which applies alone when the user set none.
 
     Optional facts about the comparison, used only by the auto rule: ``stage`` ("forward",
     "backward", "grad", "weight"; picks the calibrated noise, and "backward" tolerates
@@ -599,9 +601,11 @@ def _within_allowance(err, mag_b, over, mismatched, user, work) -> Tuple[bool, i
 
 
 def carried_error(diffs, already: Optional[Tuple[float, float]] = None) -> Tuple[float, float]:
-    """The (scaled max, relative L2) difference that these passed forward comparisons carry,
-    merged with ``already``: what the calls after them may inherit (``tolerance_for(...,
-    carried=...)``). Failed comparisons, problems and mean modes carry nothing."""
+    """The (scaled max, relative L2) difference that these passed comparisons carry, merged
+    with ``already``: what the comparisons after them in the same pass (forward, or backward
+    and parameter gradients) may inherit (``tolerance_for(..., carried=...)``). Failed
+    comparisons, problems, mean modes, what only the user's allowance passed, and gradients of
+    rounding noise carry nothing."""
     m, l2 = already or (0.0, 0.0)
     for d in diffs:
         if d is None or not d.passed or d.by_allowance or d.problem is not None or not d.numel \
