@@ -14,12 +14,12 @@ class Side:
     model: object
     name: str  # root name used in dotted paths, e.g. "SimpleModule"
     label: str  # "torch", "paddle", or "torch (base)" / "torch (raw)" for one framework twice
+    role: str = ""  # "base" / "raw" when both models are of one framework, else ""
 
     @property
     def title(self) -> str:
         """Heading of this model's tree: "Torch Model", "Paddle Model (raw)"."""
-        suffix = self.label[self.label.index("("):] if "(" in self.label else ""
-        return f"{self.adapter.title} Model" + (f" {suffix}" if suffix else "")
+        return f"{self.adapter.title} Model" + (f" ({self.role})" if self.role else "")
 
 
 def reference_index(ad1, ad2) -> int:
@@ -42,11 +42,16 @@ def make_sides(first_model, second_model):
                 f"The {which} argument is a {type(model).__name__}, not a model: pass "
                 f"{type_choices('model')}."
             )
-    name1, name2 = type(first_model).__name__, type(second_model).__name__
-    if ad1.name != ad2.name:
-        s1 = Side(ad1, first_model, name1, ad1.name)
-        s2 = Side(ad2, second_model, name2, ad2.name)
-    else:
-        s1 = Side(ad1, first_model, name1, f"{ad1.name} (base)")
-        s2 = Side(ad2, second_model, name2, f"{ad2.name} (raw)")
-    return [s1, s2], reference_index(ad1, ad2)
+    return pair_sides((ad1, first_model, type(first_model).__name__),
+                      (ad2, second_model, type(second_model).__name__))
+
+
+def pair_sides(first, second):
+    """``([Side, Side], reference index)`` from two ``(adapter, model, root name)``, live models'
+    or dumps': across frameworks each is labelled by its framework; with one framework twice the
+    first is "base", the second "raw"."""
+    (ad1, _, _), (ad2, _, _) = first, second
+    roles = ("", "") if ad1.name != ad2.name else ("base", "raw")
+    sides = [Side(ad, model, name, f"{ad.name} ({role})" if role else ad.name, role)
+             for (ad, model, name), role in zip((first, second), roles)]
+    return sides, reference_index(ad1, ad2)

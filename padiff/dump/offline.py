@@ -24,7 +24,7 @@ from ..run.record import SideRun
 from ..run.step import Comparison, compare_step, loss_finding, skip_fn
 from ..run.steps import finish, run_steps
 from ..run.train import lr_findings, weight_findings
-from ..side import Side, reference_index
+from ..side import pair_sides
 from ..weights.assign import plan_copy
 from ..weights.rules import family
 from .reader import Dump
@@ -149,18 +149,9 @@ def merge_options(dumps: List[Dump], given: Options, explicit) -> Tuple[Options,
 
 
 def dump_sides(dumps: List[Dump]):
-    """Sides as ``side.make_sides`` makes them for live models: across frameworks the reference
-    is ``side.reference_index``'s (the adapters' declared rank); with one framework twice the
-    first is ("base"), the second "raw"."""
+    """Sides of two dumps, as ``side.make_sides`` makes them for live models."""
     a, b = dumps
-    if a.framework != b.framework:
-        sides = [Side(a.adapter, a.model, a.model_name, a.framework), Side(b.adapter, b.model, b.model_name, b.framework)]
-        ref_i = reference_index(a.adapter, b.adapter)
-    else:
-        sides = [Side(a.adapter, a.model, a.model_name, f"{a.framework} (base)"),
-                 Side(b.adapter, b.model, b.model_name, f"{b.framework} (raw)")]
-        ref_i = 0
-    return sides, ref_i
+    return pair_sides((a.adapter, a.model, a.model_name), (b.adapter, b.model, b.model_name))
 
 
 def shape_values(dump: Dump) -> Dict[int, np.ndarray]:
