@@ -150,7 +150,7 @@ def tolerance_for(options, dtype_a: str, dtype_b: str, path: str = "", *, stage:
     allowance = None
     if user is not None:
         atol, rtol, source = user
-        if getattr(options, "compare_mode", "strict") != "auto":
+        if options.compare_mode != "auto":
             return Tolerance(atol, rtol, False, source=source, context=known)
         allowance = (atol, rtol)
     rtol, atol, floor, l2 = AUTO_TOLERANCES[loosest]
