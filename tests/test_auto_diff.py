@@ -528,3 +528,11 @@ def test_one_numpy_array_is_the_input_of_both_models(capsys):
             "tensor of its framework.") in result.notes
     with pytest.raises(PadiffError, match="or one numpy array that both models take as their only input"):
         auto_diff(make_net("paddle"), make_net("torch"), [x])
+
+
+def test_one_framework_twice_titles_its_trees_base_and_raw():
+    result = auto_diff(make_net("torch"), make_net("torch", "ln_epsilon"), (net_input("torch"), net_input("torch")),
+                       options={"verbose": False})
+    assert not result and (result.ref_label, result.test_label) == ("torch (base)", "torch (raw)")
+    assert [l for l in result.report.splitlines() if l.endswith("Model (base)") or l.endswith("Model (raw)")] == [
+        "Torch Model (base)", "Torch Model (raw)"]
