@@ -14,6 +14,7 @@ from .errors import PadiffError, PadiffInternalError
 from .options import Options, build_options
 from .reprod import ReprodDiffHelper, ReprodLogger, check_checkpoints
 from .porting import LayerMap, assign_weight, convert_checkpoint
+from .record.arena import release_buffers
 from .weights.rules import Converted, RuleError, register_rule
 
 __all__ = [
@@ -23,6 +24,6 @@ __all__ = [
     "ReprodLogger", "ReprodDiffHelper", "check_checkpoints",
     "compare", "check_dataloader", "check_schedule", "CompareResult",
     "dump", "compare_dumps", "load_dump", "convert_checkpoint", "Converted", "RuleError",
-    "calibrate", "Calibration", "LayerNoise",
+    "calibrate", "Calibration", "LayerNoise", "release_buffers",
 ]
 __version__ = "0.1.0"

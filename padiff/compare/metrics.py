@@ -54,6 +54,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from . import scratch
+
 # Unit roundoff (half the machine epsilon) of each floating dtype.
 UNIT_ROUNDOFF = {
     "float64": 2.0 ** -53,
@@ -449,14 +451,18 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tol: Tolerance, mode: str = "st
     n = int(af.size)
     if mode not in ("mean", "abs_mean") and n == 0:
         return TensorDiff(True, numel=0, **base)
-    err = np.subtract(af, bf)
-    np.abs(err, out=err)
-    i_abs = int(err.argmax()) if n else 0
-    if n and not np.isfinite(err[i_abs]):
-        return _nonfinite_diff(af, bf, a.shape, base)
-    if mode in ("mean", "abs_mean"):
-        return _compare_means(af, bf, tol, mode, a.shape, b.shape, dtype_a, dtype_b)
-    return _compare_floats(af, bf, err, i_abs, tol, work, a.shape, base)
+    bufs = scratch.take(n, work)  # reused working memory for a large comparison
+    try:
+        err = np.subtract(af, bf, out=bufs[0] if bufs else None)
+        np.abs(err, out=err)
+        i_abs = int(err.argmax()) if n else 0
+        if n and not np.isfinite(err[i_abs]):
+            return _nonfinite_diff(af, bf, a.shape, base)
+        if mode in ("mean", "abs_mean"):
+            return _compare_means(af, bf, tol, mode, a.shape, b.shape, dtype_a, dtype_b)
+        return _compare_floats(af, bf, err, i_abs, tol, work, a.shape, base, bufs)
+    finally:
+        scratch.give(bufs)
 
 
 def _compare_shapes(a, b, tol, mode, base, broadcast, layout) -> TensorDiff:
@@ -512,13 +518,15 @@ def _compare_means(af, bf, tol, mode, shape_a, shape_b, dtype_a, dtype_b) -> Ten
     return d
 
 
-def _compare_floats(af, bf, err, i_abs, tol, work, shape, base) -> TensorDiff:
+def _compare_floats(af, bf, err, i_abs, tol, work, shape, base, bufs=None) -> TensorDiff:
     """The elementwise rule on finite flat arrays (``err`` = ``|af - bf|``, largest at ``i_abs``),
-    then the relative-L2 rule, near-tie flips and the user's allowance (module docstring)."""
+    then the relative-L2 rule, near-tie flips and the user's allowance (module docstring).
+    ``bufs``: working buffers of ``err``'s size from :mod:`scratch` (``err`` is the first)."""
     n = int(af.size)
-    mag_b = np.abs(bf)
+    mag_b = np.abs(bf, out=bufs[1] if bufs else None)
     scale = float(max(af.max(), -af.min(), mag_b.max()))
-    over, mismatched, rel, allowed_at_max = _over_tolerance(err, mag_b, i_abs, tol, scale, work)
+    over, mismatched, rel, allowed_at_max = _over_tolerance(err, mag_b, i_abs, tol, scale, work,
+                                                            bufs[2] if bufs else None)
     max_rel, i_rel = _max_relative(err, mag_b, rel)
     if work is np.float32 and scale < 1e-15:  # squares of values this small underflow in float32
         af, bf, err = af.astype(np.float64), bf.astype(np.float64), err.astype(np.float64)
@@ -549,10 +557,10 @@ def _compare_floats(af, bf, err, i_abs, tol, work, shape, base) -> TensorDiff:
         rms_error=rest_err / math.sqrt(rest_n) if rest_n else 0.0, **base)
 
 
-def _over_tolerance(err, mag_b, i_abs, tol, scale, work):
+def _over_tolerance(err, mag_b, i_abs, tol, scale, work, free=None):
     """``(over, mismatched, rel, allowed_at_max)``: the mask of elements over the elementwise
-    tolerance (None when none is), their count, a free buffer of ``err``'s size, and what was
-    allowed at the greatest difference."""
+    tolerance (None when none is), their count, a free buffer of ``err``'s size (``free``
+    when given), and what was allowed at the greatest difference."""
     # Every element within the absolute allowance passes whatever its rtol share: then the
     # elementwise allowance need not be built (the common case, and three passes fewer).
     absolute = max(tol.atol * scale, tol.floor) if tol.auto else tol.atol
@@ -561,8 +569,8 @@ def _over_tolerance(err, mag_b, i_abs, tol, scale, work):
     if user is not None:
         allowed_at_max = max(allowed_at_max, float(user[1] * mag_b[i_abs] + user[0]))
     if float(err[i_abs]) <= absolute:
-        return None, 0, np.empty_like(err), allowed_at_max
-    allowed = np.multiply(mag_b, tol.rtol, dtype=work)
+        return None, 0, free if free is not None else np.empty_like(err), allowed_at_max
+    allowed = np.multiply(mag_b, tol.rtol, dtype=work, out=free)
     allowed += absolute
     over = err > allowed
     return over, int(np.count_nonzero(over)), allowed, allowed_at_max  # allowed's buffer is free again

@@ -182,8 +182,8 @@ class Adapter(FrameworkAdapter, names=NAMES, tables=WEIGHT_TABLES):
         tensor, bfloat16). Copying through it is about ten times faster than ``.numpy()``."""
         if not t.place.is_cpu_place() or self.dtype_name(t) not in _NUMPY_OK:
             return None
-        try:
-            return np.from_dlpack(t)
+        try:  # paddle refuses DLPack for a tensor that requires gradients (a gradient does too)
+            return np.from_dlpack(t if t.stop_gradient else t.detach())
         except (RuntimeError, TypeError, ValueError, BufferError):
             return None
 

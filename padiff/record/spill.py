@@ -11,22 +11,32 @@ import tempfile
 
 import numpy as np
 
+from . import arena as arenas
+
 
 class Spill:
     """A budget in bytes and the file arrays go to once it is spent: one file per model run,
     each array a region of it. Use as a context manager: the file is removed on exit,
     whatever happened."""
 
-    def __init__(self, budget_bytes):
+    def __init__(self, budget_bytes, reuse: bool = False):
         self.budget = float("inf") if budget_bytes is None else budget_bytes
         self.held = 0
         self.folder = None
         self._file = None
+        # reuse: copies kept in memory go to an arena (record/arena.py) that outlives the run
+        self._reuse = reuse
+        self._arena = None
 
     def __enter__(self):
+        if self._reuse:
+            self._arena = arenas.lease(int(min(self.budget, arenas.MAX_ARENA_BYTES)))
         return self
 
     def __exit__(self, *exc):
+        if self._arena is not None:
+            arena, self._arena = self._arena, None
+            arenas.give_back(arena)
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -41,7 +51,10 @@ class Spill:
         memory within budget, else by writing it to the file: one copy, not two)."""
         if self.held + array.nbytes <= self.budget or array.nbytes < (1 << 16):
             self.held += array.nbytes
-            return array.copy() if view else array
+            if not view:
+                return array
+            kept = self._arena.copy(array) if self._arena is not None else None
+            return kept if kept is not None else array.copy()
         if self._file is None:
             self.folder = tempfile.mkdtemp(prefix="padiff-spill-")
             self._file = open(os.path.join(self.folder, "records.bin"), "w+b")

@@ -11,6 +11,7 @@ from ..compare import nonfinite
 from ..compare.overlap import Arrivals, Background, wants_overlap
 from ..compare.result import AlignResult, StepResult
 from ..errors import PadiffError
+from ..record.recorder import FAST
 from ..record.spill import Spill
 from ..report import console
 from ..report.run import Printer, eta
@@ -140,7 +141,8 @@ class LiveRun:
             clear_grads(s)
         opts = self.opts
         budget = None if opts.memory_budget_mb is None else int(opts.memory_budget_mb * 2 ** 20)
-        with Spill(budget) as ref_spill, Spill(budget) as test_spill:
+        reuse = FAST["arena"]
+        with Spill(budget, reuse=reuse) as ref_spill, Spill(budget, reuse=reuse) as test_spill:
             sr = self._recorded_and_compared(step, ref_spill, test_spill)
         release_freed_memory()
         if self.optimizers is not None:

@@ -1,0 +1,98 @@
+"""Reused memory (issue 18): the kept copies of records go to an arena that stays resident
+between runs, large comparisons work in reused buffers, and neither changes a finding."""
+
+import numpy as np
+import paddle
+import pytest
+import torch
+
+import models
+import padiff
+from padiff import auto_diff
+from padiff.compare import scratch
+from padiff.frameworks import adapter_for
+from padiff.record import arena, recorder
+from padiff.record.spill import Spill
+
+
+def _run(bug="gelu_tanh"):
+    x = np.random.default_rng(0).standard_normal((4, 128, 64)).astype("float32")  # 32 Ki elements
+    paddle_model, torch_model = models.encoder_pair(bug=bug, dim=64, hidden=256, depth=2)
+    return auto_diff(paddle_model, torch_model, ({"x": paddle.to_tensor(x)}, {"x": torch.tensor(x)}))
+
+
+def _figures(result):
+    return [bool(result), result.first and str(result.first)] + [
+        (f.stage, f.ref_path, f.test_path, f.what, f.diff.max_abs, f.diff.rel_l2, f.diff.max_rel, f.diff.cosine,
+         f.diff.mismatched, f.passed) for f in result.steps[0].all_findings()]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_arenas():
+    padiff.release_buffers()
+    yield
+    padiff.release_buffers()
+
+
+def test_a_second_run_copies_its_records_into_the_first_runs_arena_with_the_same_findings(monkeypatch):
+    first = _figures(_run())
+    kept = sorted(arena._free, key=lambda a: -a.capacity)
+    assert len(kept) == 2 and kept[1].capacity > 1 << 20  # one per model, each about its records' size
+    buffers = {id(a.buf) for a in kept}
+    copied = []
+    real_copy = arena.Arena.copy
+    monkeypatch.setattr(arena.Arena, "copy", lambda self, v: copied.append(self.capacity) or real_copy(self, v))
+    second = _figures(_run())
+    assert {id(a.buf) for a in arena._free} == buffers  # the same resident memory, not new
+    assert copied and min(copied) > 0
+    monkeypatch.setitem(recorder.FAST, "arena", False)
+    assert _figures(_run()) == second == first
+    assert second[0] is False and "gelu" in second[1]
+
+
+def test_large_comparisons_work_in_reused_buffers_with_the_same_figures(monkeypatch):
+    taken = []
+    real_take = scratch.take
+    monkeypatch.setattr(scratch, "take", lambda n, dt: taken.append(n) or real_take(n, dt))
+    reused = _figures(_run())
+    assert max(taken) >= scratch.MIN_ELEMENTS
+    monkeypatch.setattr(scratch, "MIN_ELEMENTS", 1 << 62)
+    assert _figures(_run()) == reused
+
+
+def test_an_arena_whose_records_are_still_held_is_not_written_over():
+    a_values = np.arange(1000, dtype=np.float32)
+    with Spill(None, reuse=True) as spill:  # a first run: its arena learns the size
+        assert spill.keep(np.ones(1000, np.float32), view=True).base is None
+    with Spill(None, reuse=True) as spill:
+        held = spill.keep(a_values, view=True)
+    assert held.base is not None and not held.flags.writeable  # a slice of an arena, read-only
+    with pytest.raises(ValueError):
+        held[0] = 5.0
+    with Spill(None, reuse=True) as spill:
+        other = spill.keep(np.full(1000, 7, np.float32), view=True)
+        assert other.base is not held.base  # the held arena was not handed out again
+    np.testing.assert_array_equal(held, a_values)
+
+
+def test_an_arena_grows_to_what_a_run_kept_within_its_budget_and_release_buffers_lets_go():
+    budget = 256 << 10
+    with Spill(budget, reuse=True) as spill:
+        for _ in range(3):
+            spill.keep(np.ones(32 << 10, np.float32), view=True)  # 128 KiB each: the third goes to the file
+        assert spill.folder is not None
+    (grown,) = arena._free
+    assert grown.capacity == budget  # two records, and no more than the budget
+    with Spill(budget, reuse=True) as spill:
+        kept = spill.keep(np.ones(32 << 10, np.float32), view=True)
+        assert kept.base is grown.buf
+        del kept
+    assert padiff.release_buffers() == budget
+    assert arena._free == []
+
+
+def test_paddle_shows_a_tensor_that_requires_gradients_without_a_copy():
+    t = paddle.to_tensor(np.arange(6, dtype="float32").reshape(2, 3), stop_gradient=False)
+    view = adapter_for(t).host_view(t)
+    assert view is not None and view.shape == (2, 3)
+    np.testing.assert_array_equal(view, np.arange(6, dtype="float32").reshape(2, 3))
