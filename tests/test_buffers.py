@@ -61,16 +61,16 @@ def test_large_comparisons_work_in_reused_buffers_with_the_same_figures(monkeypa
 
 
 def test_an_arena_whose_records_are_still_held_is_not_written_over():
-    a_values = np.arange(1000, dtype=np.float32)
+    a_values = np.arange(1 << 15, dtype=np.float32)  # 128 KiB: large enough for the arena
     with Spill(None, reuse=True) as spill:  # a first run: its arena learns the size
-        assert spill.keep(np.ones(1000, np.float32), view=True).base is None
+        assert spill.keep(np.ones(1 << 15, np.float32), view=True).base is None
     with Spill(None, reuse=True) as spill:
         held = spill.keep(a_values, view=True)
     assert held.base is not None and not held.flags.writeable  # a slice of an arena, read-only
     with pytest.raises(ValueError):
         held[0] = 5.0
     with Spill(None, reuse=True) as spill:
-        other = spill.keep(np.full(1000, 7, np.float32), view=True)
+        other = spill.keep(np.full(1 << 15, 7, np.float32), view=True)
         assert other.base is not held.base  # the held arena was not handed out again
     np.testing.assert_array_equal(held, a_values)
 
@@ -87,6 +87,7 @@ def test_an_arena_grows_to_what_a_run_kept_within_its_budget_and_release_buffers
         kept = spill.keep(np.ones(32 << 10, np.float32), view=True)
         assert kept.base is grown.buf
         del kept
+        assert spill.keep(np.ones(100, np.float32), view=True).base is None  # a small one: fresh memory
     assert padiff.release_buffers() == budget
     assert arena._free == []
 

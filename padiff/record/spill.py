@@ -14,6 +14,10 @@ import numpy as np
 from . import arena as arenas
 
 
+SMALL = 1 << 16  # bytes: a smaller array stays in memory whatever the budget, in fresh heap memory
+# (the heap serves it without page faults: the arena is for large ones)
+
+
 class Spill:
     """A budget in bytes and the file arrays go to once it is spent: one file per model run,
     each array a region of it. Use as a context manager: the file is removed on exit,
@@ -49,11 +53,12 @@ class Spill:
         """The array itself while within budget, else a read-only memory map of a copy on disk.
         ``view``: the array shares a live tensor's memory, so what is kept is a copy (made in
         memory within budget, else by writing it to the file: one copy, not two)."""
-        if self.held + array.nbytes <= self.budget or array.nbytes < (1 << 16):
+        small = array.nbytes < SMALL
+        if small or self.held + array.nbytes <= self.budget:
             self.held += array.nbytes
             if not view:
                 return array
-            kept = self._arena.copy(array) if self._arena is not None else None
+            kept = self._arena.copy(array) if self._arena is not None and not small else None
             return kept if kept is not None else array.copy()
         if self._file is None:
             self.folder = tempfile.mkdtemp(prefix="padiff-spill-")
