@@ -16,7 +16,9 @@ from padiff.compare.metrics import AUTO_TOLERANCES, CONTEXT_ULPS, UNIT_ROUNDOFF,
     compare_arrays, tolerance_for
 from padiff.compare.origin import GROWTH, likely_origin
 from padiff.compare.result import Finding
+from padiff.frameworks import adapter_for
 from padiff.options import build_options
+from padiff.record.recorder import Recorder
 from padiff.record.trace import Node, TensorRecord, Trace
 from padiff.report.tables import console_summary
 
@@ -133,6 +135,50 @@ def test_a_gradient_only_scaled_down_keeps_its_own_context():
     trace, r = _chain([g, np.repeat(g, 4096) / 4096])
     ctx = GradientContext(trace.backward_events())
     assert ctx.of(r["l0"]) == pytest.approx(float(np.abs(r["l0"].array).max()))
+
+
+def _recorded_encoder(framework):
+    """The context of a real 1-block encoder's backward pass under a mean loss (its final
+    LayerNorm makes every gradient rounding noise; the attention's key bias gets a gradient
+    that is zero in exact arithmetic), its layer calls, and each innermost layer's parameter
+    gradients as (layer key, layer path, record)."""
+    paddle_model, torch_model = examples.encoder_pair(depth=1)
+    model = torch_model if framework == "torch" else paddle_model
+    x = examples.token_inputs()[1 if framework == "torch" else 0]["x"]
+    ad = adapter_for(model)
+    with Recorder(ad, model, "M", grads=True) as rec:
+        out = rec.run(lambda: model(x), "reference")
+        ad.backward(out.mean())
+    grads = []
+    for key in rec.walk.innermost:
+        for _, p in ad.all_params(rec.walk.layers[key]):
+            g = ad.param_grad(p)
+            grads.append((key, rec.walk.paths[key], TensorRecord(ad.to_numpy(g), ad.dtype_name(g), ad.shape(g))))
+    return GradientContext(rec.trace.backward_events()), rec.trace.nodes, grads
+
+
+@pytest.mark.parametrize("framework", ["torch", "paddle"])
+def test_the_context_of_a_record_handed_in_does_not_depend_on_a_reused_id(framework):
+    # parameter gradients are judged on temporaries (the reference's gradient turned into the
+    # tested layout), and single-step on replayed gradients: a freed record's id is soon given
+    # to the next one. Before, the context kept the first record's size under its id, so the
+    # next record with that id was judged on it (bench encoder6 under cProfile: the value
+    # bias's gradient got the key bias's cancellation context, 6.8e-8 for 1.5e-5, a false
+    # alarm). Here one record object holds each gradient in turn: the same id, as reuse gives
+    ctx, nodes, grads = _recorded_encoder(framework)
+    reused = _rec([0.0])
+
+    def handed_in(rec):
+        reused.array, reused.shape = rec.array, rec.shape
+        return reused
+
+    fresh = [ctx.for_parameter(key, path, rec) for key, path, rec in grads]
+    assert len(set(fresh)) > len(grads) // 2  # the gradients differ in context: reuse would show
+    assert [ctx.for_parameter(key, path, handed_in(rec)) for key, path, rec in grads] == fresh
+    calls = [(n, r) for n in nodes if n.kind == "net" for r in n.grad_in.values() if r is not None]
+    own = [ctx.for_own(n, r) for n, r in calls]
+    assert len(set(own)) > 1
+    assert [ctx.for_own(n, handed_in(r)) for n, r in calls] == own
 
 
 def test_bundled_convnet_bn_epsilon_gradients_that_differ_are_differences():

@@ -36,7 +36,11 @@ parameter gradient is a cancellation (a bias before a train-mode BatchNorm, the 
 an attention: zero in exact arithmetic).
 
 ``|x|`` is the largest magnitude of ``x``; everything here reads the reference model's
-records only, and no framework.
+records only, and no framework. Records are known by ``id`` only while the trace keeps them
+alive: the pass's own records. A record handed in to be judged (a parameter gradient turned
+into the tested layout, a single-step replay's gradient) is often a temporary whose ``id`` a
+freed one had, so its size is read afresh every time, never looked up by ``id`` nor kept:
+the answer must not depend on what the memory allocator reused.
 """
 
 from __future__ import annotations
@@ -107,10 +111,9 @@ class GradientContext:
         self._build(ref_events)
 
     # --- building -------------------------------------------------------------------------
-    def _mag(self, rec) -> float:
-        return self._stat(rec)[0]
-
     def _stat(self, rec) -> Tuple[float, float]:
+        """``record_stats`` of one of the pass's records, read once (see the module docstring:
+        only for records the trace keeps alive)."""
         s = self._stats.get(id(rec))
         if s is None:
             s = record_stats(rec)
@@ -163,12 +166,12 @@ class GradientContext:
                 for r in _distinct(node.grad_in.values()):
                     if id(r) in finer:
                         continue  # a call inside this one read the same tensor: its account counts
-                    c = self._reader_share(node, r)
+                    c = self._reader_share(node, *self._stat(r))
                     self._k[id(r)] = max(self._k.get(id(r), 0.0), c)
 
-    def _reader_share(self, node, rec) -> float:
-        """What one reader of a tensor contributes to the context of the tensor's gradient."""
-        big, norm = self._stat(rec)
+    def _reader_share(self, node, big: float, norm: float) -> float:
+        """What one reader of a tensor contributes to the context of the tensor's gradient
+        (``big``, ``norm``: that gradient's :func:`record_stats`)."""
         kappa = self._kappa.get(id(node))
         if kappa is None:  # its outputs recorded no gradient
             kappa = self._inherited(node)
@@ -184,13 +187,13 @@ class GradientContext:
         backward pass: its own largest magnitude; an all-zero one: the pass's largest)."""
         k = self._k.get(id(rec))
         if k is None:
-            k = self._mag(rec)
+            k = record_stats(rec)[0]
         return k if k > 0 else self.largest
 
     def for_own(self, node, rec) -> float:
         """The context of a gradient ``node`` computes from its output gradient, recorded apart
         from the run (single-step mode replays a layer's backward on its own)."""
-        k = self._reader_share(node, rec)
+        k = self._reader_share(node, *record_stats(rec))
         return k if k > 0 else self.largest
 
     def for_parameter(self, layer_key=None, path: str = None, rec=None) -> float:
@@ -200,7 +203,7 @@ class GradientContext:
         a cancellation of it. The pass's largest gradient when the layer has no call with an
         output gradient."""
         calls = self._by_layer.get(layer_key) or self._by_layer.get(path) or []
-        big, norm = self._stat(rec) if rec is not None else (0.0, 0.0)
+        big, norm = record_stats(rec) if rec is not None else (0.0, 0.0)
         best = 0.0
         for node in calls:
             n_out = self._n_out.get(id(node), 0.0)
