@@ -21,6 +21,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from .._memory import release_freed_memory
+
 ALIGN = 64  # bytes: every slice starts on a cache line
 MAX_ARENA_BYTES = 1 << 30  # an arena never grows past this, whatever the memory budget
 MAX_FREE = 2  # arenas kept for reuse (one per model of a comparison)
@@ -87,7 +89,8 @@ def lease(cap: int) -> Arena:
 def give_back(arena: Arena) -> None:
     """The run is over: grow the arena to what the run wanted (within its cap), and keep it
     for the next run; beyond ``MAX_FREE`` free arenas, the smallest are let go."""
-    if not arena.in_use():
+    if not arena.in_use() and min(arena.wanted, arena.cap, MAX_ARENA_BYTES) > arena.capacity:
+        release_freed_memory()  # the run's fresh copies, freed by now: handed back before growing
         arena._grow()
     with _lock:
         _free.append(arena)
