@@ -41,6 +41,20 @@ class Arrivals:
     def __init__(self):
         self._cond = threading.Condition()
         self.done = False
+        self.forward = None  # the tested run, once its forward is recorded
+
+    def forward_recorded(self, run) -> None:
+        with self._cond:
+            self.forward = run
+            self._cond.notify_all()
+
+    def wait_forward(self):
+        """Block until the tested model's forward is recorded: its run, or None when the run
+        ended (failed) before."""
+        with self._cond:
+            while self.forward is None and not self.done:
+                self._cond.wait()
+            return self.forward
 
     def arrived(self) -> None:
         with self._cond:

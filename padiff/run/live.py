@@ -19,7 +19,7 @@ from ..report.weights import copy_failure_lines, copy_failure_message, structure
 from ..weights.assign import apply_copy, plan_copy
 from .prepare import check_inputs, input_pair, make_call, random_layer_note, training_options
 from .record import run_side
-from .step import Comparison, compare_step, loss_finding
+from .step import Comparison, compare_step, loss_finding, reference_context
 from .steps import finish, run_steps
 from .train import (clear_grads, learning_rates, lr_findings, step_optimizer, step_scheduler,
                     weight_findings_of_sides)
@@ -112,22 +112,26 @@ class LiveRun:
         ref_i = self.cmp.ref_i
         ref_run = self._record(ref_i, ref_spill)
         release_freed_memory()  # the reference's activations, before the tested model's run
-        compared = []
         threaded = self.threaded and (self.opts.overlap is True or _worth_a_thread(ref_spill))
         self.overlapped = self.overlapped or threaded
-        arrivals = Arrivals() if threaded else None
+        arrivals = Arrivals()
 
-        def start(test_run):
-            compared.append(Background(
-                lambda: compare_step(ref_run, test_run, self.cmp, self.opts, step,
-                                     ready=arrivals.ready if arrivals else None), threaded))
+        def compare():  # in a worker: the reference's part during the tested forward, the rest after it
+            rounding = reference_context(ref_run, self.opts)
+            test_run = arrivals.wait_forward()
+            if test_run is None:
+                return None  # the tested run failed: its error is raised in the caller's thread
+            return compare_step(ref_run, test_run, self.cmp, self.opts, step,
+                                ready=arrivals.ready if threaded else None, rounding=rounding)
 
+        job = Background(compare, threaded)
         try:
-            test_run = self._record(1 - ref_i, test_spill, after_forward=start, arrivals=arrivals)
-            sr = compared[0].result()
+            test_run = self._record(1 - ref_i, test_spill, after_forward=arrivals.forward_recorded,
+                                    arrivals=arrivals if threaded else None)
+            arrivals.finish()
+            sr = job.result()
         finally:
-            for job in compared:
-                job.abandon()  # a failed run: wait for the worker before leaving
+            job.abandon()  # a failed run: wait for the worker before leaving
         sr.loss = loss_finding(ref_run, test_run, self.loss_fns is not None, self.opts, step)
         if not sr.passed:  # where NaN/Inf first appeared, read before the arrays go
             nonfinite.track(sr, self.cmp.ref.label, self.cmp.test.label, inputs=self.input_nonfinite)

@@ -86,10 +86,20 @@ def pair_runs(ref_run, test_run, cmp: Comparison, opts: Options, step: int):
     return pairing
 
 
-def compare_step(ref_run, test_run, cmp: Comparison, opts: Options, step: int, ready=None) -> StepResult:
+def reference_context(ref_run, opts: Options) -> Optional[GradientContext]:
+    """What the comparison reads of the reference's run alone (the rounding context of its
+    gradients), so that it can be worked out while the tested model still runs."""
+    if opts.single_step or not opts.check_backward:
+        return None
+    return GradientContext(ref_run.trace.backward_events())
+
+
+def compare_step(ref_run, test_run, cmp: Comparison, opts: Options, step: int, ready=None,
+                 rounding: Optional[GradientContext] = None) -> StepResult:
     """Pair and compare one step. ``ready(node, kind)`` (see :class:`~padiff.compare.overlap.Arrivals`)
     waits for gradients of the tested run that may still be coming: the comparison can then
-    start as soon as the tested model's forward is recorded."""
+    start as soon as the tested model's forward is recorded. ``rounding``: the reference's
+    :func:`reference_context`, when already worked out."""
     sr = StepResult(step, ref_trace=ref_run.trace, test_trace=test_run.trace)
     sr.pairing = pairing = pair_runs(ref_run, test_run, cmp, opts, step)
     sr.notes.extend(pairing.notes)
@@ -108,7 +118,7 @@ def compare_step(ref_run, test_run, cmp: Comparison, opts: Options, step: int, r
     if not opts.check_backward:
         _move_api_findings(sr)
         return sr
-    rounding = GradientContext(ref_run.trace.backward_events())
+    rounding = rounding or GradientContext(ref_run.trace.backward_events())
     sr.backward = compare_backward(pairing, ref_run.trace.backward_events(), opts, step, memo,
                                    context=rounding, ready=ready, notes=sr.notes,
                                    near_ties=all(f.passed for f in forward))
