@@ -119,3 +119,41 @@ def test_small_records_are_compared_without_a_worker_unless_asked():
     assert small and small.overlapped is False and OVERLAP_MIN_BYTES == 16 << 20
     asked = auto_diff(make_net("paddle"), make_net("torch"), inputs, options={"overlap": True})
     assert asked and asked.overlapped is True
+
+
+def test_the_worker_works_out_the_references_part_while_the_tested_forward_runs(monkeypatch):
+    """The rounding context reads the reference's records only: with overlap it is ready
+    before the tested model's forward ends (a slow paddle layer here), not after its backward."""
+    import time
+
+    from padiff.compare.overlap import Arrivals
+    from padiff.run import live
+
+    events = []
+    real_context, real_recorded = live.reference_context, Arrivals.forward_recorded
+    monkeypatch.setattr(live, "reference_context",
+                        lambda run, opts: (events.append("context"), real_context(run, opts))[1])
+    monkeypatch.setattr(Arrivals, "forward_recorded", lambda self, run: (events.append("forward"),
+                                                                        real_recorded(self, run))[1])
+
+    class Slow(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.fc = paddle.nn.Linear(8, 8)
+
+        def forward(self, x):
+            time.sleep(0.3)
+            return self.fc(x)
+
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype("float32")
+    runs = {}
+    for overlap in (True, False):
+        events.clear()
+        torch.manual_seed(0)
+        paddle_model, torch_model = Slow(), torch.nn.Sequential()
+        torch_model.fc = torch.nn.Linear(8, 8)
+        runs[overlap] = auto_diff(paddle_model, torch_model, ({"x": paddle.to_tensor(x)}, {"input": torch.tensor(x)}),
+                                  options={"overlap": overlap})
+        assert events == (["context", "forward"] if overlap else ["forward", "context"])
+    assert runs[True] and figures(runs[True]) == figures(runs[False])
+    assert compare_threads() == []
