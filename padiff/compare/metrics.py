@@ -580,7 +580,10 @@ def _max_relative(err, mag_b, rel) -> Tuple[float, int]:
     """The greatest relative difference and its flat index, computed into the buffer ``rel``."""
     with np.errstate(divide="ignore", invalid="ignore"):
         np.divide(err, mag_b, out=rel)  # 0/0 (NaN) is no error; x/0 is infinitely relative
-        max_rel = float(np.fmax.reduce(rel))  # NaN-skipping maximum
+    i = int(rel.argmax())  # the first greatest, or the first NaN when there is one
+    if not math.isnan(rel[i]):
+        return float(rel[i]), i
+    max_rel = float(np.fmax.reduce(rel))  # NaN-skipping maximum
     if math.isnan(max_rel):
         return 0.0, 0
     return max_rel, int((rel == max_rel).argmax())
