@@ -78,6 +78,36 @@ def test_a_backward_that_raises_ends_the_worker_and_removes_hooks():
     assert grads_are_clear(paddle_model) and grads_are_clear(torch_model)
 
 
+def test_a_tested_run_that_fails_before_recording_ends_the_waiting_worker(monkeypatch):
+    """The worker starts with the tested run and waits for its forward: a run that fails before
+    recording anything must still let it go (no hang), and its error reach the caller."""
+    from padiff.run import record as record_module
+
+    real = record_module.Recorder.__init__
+
+    def failing(self, adapter, model, *a, **k):
+        if adapter.name == "paddle":
+            raise PadiffError("the paddle model cannot be walked")
+        real(self, adapter, model, *a, **k)
+
+    monkeypatch.setattr(record_module.Recorder, "__init__", failing)
+    paddle_model, torch_model = make_net("paddle"), make_net("torch")
+    outcome = []
+
+    def run():
+        try:
+            auto_diff(paddle_model, torch_model, (net_input("paddle"), net_input("torch")), options={"overlap": True})
+        except PadiffError as exc:
+            outcome.append(str(exc))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "auto_diff hung waiting for the worker"
+    assert outcome == ["the paddle model cannot be walked"]
+    assert compare_threads() == []
+
+
 def test_a_pairing_error_in_the_worker_reaches_the_caller():
     paddle_model, torch_model = make_net("paddle", extra=True), make_net("torch")
     with pytest.raises(PadiffError, match="The two models are built differently") as err:

@@ -131,6 +131,7 @@ class LiveRun:
             arrivals.finish()
             sr = job.result()
         finally:
+            arrivals.finish()  # a run that failed before recording anything: the worker stops waiting
             job.abandon()  # a failed run: wait for the worker before leaving
         sr.loss = loss_finding(ref_run, test_run, self.loss_fns is not None, self.opts, step)
         if not sr.passed:  # where NaN/Inf first appeared, read before the arrays go

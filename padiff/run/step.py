@@ -118,7 +118,8 @@ def compare_step(ref_run, test_run, cmp: Comparison, opts: Options, step: int, r
     if not opts.check_backward:
         _move_api_findings(sr)
         return sr
-    rounding = rounding or GradientContext(ref_run.trace.backward_events())
+    if rounding is None:
+        rounding = GradientContext(ref_run.trace.backward_events())
     sr.backward = compare_backward(pairing, ref_run.trace.backward_events(), opts, step, memo,
                                    context=rounding, ready=ready, notes=sr.notes,
                                    near_ties=all(f.passed for f in forward))
