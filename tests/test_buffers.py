@@ -97,3 +97,48 @@ def test_paddle_shows_a_tensor_that_requires_gradients_without_a_copy():
     view = adapter_for(t).host_view(t)
     assert view is not None and view.shape == (2, 3)
     np.testing.assert_array_equal(view, np.arange(6, dtype="float32").reshape(2, 3))
+
+
+def _max_relative_plain(err, mag_b):
+    """The greatest relative difference as it was computed before the two-pass shortcut."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = err / mag_b
+    max_rel = float(np.fmax.reduce(rel))
+    if np.isnan(max_rel):
+        return 0.0, 0
+    return max_rel, int((rel == max_rel).argmax())
+
+
+@pytest.mark.parametrize("n", [7, 300, 1 << 15])
+def test_the_greatest_relative_difference_is_the_plain_one_with_zeros_ties_and_infinities(n):
+    import warnings
+
+    from padiff.compare import metrics
+
+    rng = np.random.default_rng(n)
+    for case in range(40):
+        b = rng.standard_normal(n).astype(np.float32)
+        a = b + rng.standard_normal(n).astype(np.float32) * np.float32(10.0 ** -rng.integers(1, 8))
+        if case % 4 == 1:  # zeros in both: 0/0, ignored
+            idx = rng.integers(0, n, size=max(1, n // 5))
+            a[idx] = b[idx] = 0
+        if case % 4 == 2:  # a zero reference against a difference: infinitely relative
+            b[rng.integers(0, n)] = 0
+        if case % 4 == 3:  # ties: the first greatest is the one shown
+            a[:] = b * 2
+        err = np.abs(a - b)
+        mag = np.abs(b)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no RuntimeWarning reaches the user
+            got = metrics._max_relative(err, mag, np.empty_like(err))
+        assert got == _max_relative_plain(err, mag), case
+
+
+def test_paddle_records_read_through_dlpack_give_the_findings_of_the_copying_path(monkeypatch):
+    from padiff.frameworks import paddle as paddle_adapter
+
+    fast = _figures(_run())
+    real = paddle_adapter.Adapter.host_view
+    monkeypatch.setattr(paddle_adapter.Adapter, "host_view",  # as before: none for a tensor needing gradients
+                        lambda self, t: None if not t.stop_gradient else real(self, t))
+    assert _figures(_run()) == fast
