@@ -52,7 +52,8 @@ class Spill:
     def keep(self, array: np.ndarray, view: bool = False) -> np.ndarray:
         """The array itself while within budget, else a read-only memory map of a copy on disk.
         ``view``: the array shares a live tensor's memory, so what is kept is a copy (made in
-        memory within budget, else by writing it to the file: one copy, not two)."""
+        memory within budget, into the run's arena when there is one and the array is not
+        small, else by writing it to the file: one copy, not two)."""
         small = array.nbytes < SMALL
         if small or self.held + array.nbytes <= self.budget:
             self.held += array.nbytes
