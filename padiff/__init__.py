@@ -14,7 +14,7 @@ from .errors import PadiffError, PadiffInternalError
 from .options import Options, build_options
 from .reprod import ReprodDiffHelper, ReprodLogger, check_checkpoints
 from .porting import LayerMap, assign_weight, convert_checkpoint
-from .record.arena import release_buffers
+from .record.spill import release_buffers
 from .weights.rules import Converted, RuleError, register_rule
 
 __all__ = [

@@ -5,6 +5,7 @@ import paddle
 import pytest
 import torch
 
+import padiff
 from padiff import AlignResult, PadiffError, auto_diff
 from support import class_name, grads_are_clear, hook_count, make_net, net_input, output_array
 
@@ -453,6 +454,7 @@ def test_records_beyond_the_memory_budget_spill_to_disk_with_the_same_findings(t
     from padiff.record import spill as spill_module
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    padiff.release_buffers()  # no spill file kept from an earlier call: this one's go to tmp_path
     mapped = []
     keep = spill_module.Spill.keep
     monkeypatch.setattr(spill_module.Spill, "keep",
@@ -471,6 +473,8 @@ def test_records_beyond_the_memory_budget_spill_to_disk_with_the_same_findings(t
     figures = lambda r: [(f.ref_path, f.what, f.diff.max_abs, f.diff.rel_l2, f.passed)
                          for f in r.steps[0].all_findings()]
     assert figures(spilled) == figures(in_memory)
+    assert 1 <= len([p for p in tmp_path.iterdir() if p.name.startswith("padiff-spill-")]) <= 2  # kept for reuse
+    padiff.release_buffers()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("padiff-spill-")] == []
     assert len(mapped) > 50  # the budget-0 run did go through the spill
 

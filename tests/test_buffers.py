@@ -12,6 +12,7 @@ from padiff import auto_diff
 from padiff.compare import scratch
 from padiff.frameworks import adapter_for
 from padiff.record import arena, recorder
+from padiff.record import spill as spill_module
 from padiff.record.spill import Spill
 
 
@@ -45,7 +46,7 @@ def test_a_second_run_copies_its_records_into_the_first_runs_arena_with_the_same
     second = _figures(_run())
     assert {id(a.buf) for a in arena._free} == buffers  # the same resident memory, not new
     assert copied and min(copied) > 0
-    monkeypatch.setitem(recorder.FAST, "arena", False)
+    monkeypatch.setitem(recorder.FAST, "reuse", False)
     assert _figures(_run()) == second == first
     assert second[0] is False and "gelu" in second[1]
 
@@ -88,15 +89,39 @@ def test_an_arena_grows_to_what_a_run_kept_within_its_budget_and_release_buffers
         assert kept.base is grown.buf
         del kept
         assert spill.keep(np.ones(100, np.float32), view=True).base is None  # a small one: fresh memory
-    assert padiff.release_buffers() == budget
-    assert arena._free == []
+    assert padiff.release_buffers() == budget + (128 << 10)  # the arena and the kept spill file
+    assert arena._free == [] and spill_module._free_files == []
 
 
-def test_paddle_shows_a_tensor_that_requires_gradients_without_a_copy():
-    t = paddle.to_tensor(np.arange(6, dtype="float32").reshape(2, 3), stop_gradient=False)
-    view = adapter_for(t).host_view(t)
-    assert view is not None and view.shape == (2, 3)
-    np.testing.assert_array_equal(view, np.arange(6, dtype="float32").reshape(2, 3))
+def test_a_spill_file_is_written_over_by_the_next_run_unless_a_map_of_it_is_still_read(tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    big = lambda v: np.full(32 << 10, v, np.float32)  # 128 KiB: over a budget of 0
+    spilled = lambda: sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("padiff-spill-"))
+    with Spill(0, reuse=True) as spill:
+        first = spill.keep(big(1), view=True)
+        folder = spill.folder
+        np.testing.assert_array_equal(first, big(1))
+        del first  # read and dropped, as a run drops its records once compared
+    assert spilled() == [os.path.basename(folder)]  # kept for the next run
+    with Spill(0, reuse=True) as spill:
+        held = spill.keep(big(2), view=True)
+        assert spill.folder == folder  # the same file, written over from its start
+        assert os.path.getsize(os.path.join(folder, "records.bin")) == 128 << 10
+    assert spilled() == []  # a map of it is still read at the end of the run: not kept
+    np.testing.assert_array_equal(held, big(2))  # and the map still reads what was written
+    with Spill(0, reuse=True) as spill:
+        spill.keep(big(3), view=True)
+        assert spill.folder != folder
+    assert len(spilled()) == 1
+    assert padiff.release_buffers() == 128 << 10
+    assert spilled() == []
+    with Spill(0) as spill:  # without reuse the file goes at the end of the run
+        spill.keep(big(4), view=True)
+        assert spill.folder is not None
+    assert spilled() == []
 
 
 def _max_relative_plain(err, mag_b):

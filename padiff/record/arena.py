@@ -98,10 +98,10 @@ def give_back(arena: Arena) -> None:
         del _free[MAX_FREE:]
 
 
-def release_buffers() -> int:
+def release_arenas() -> int:
     """Let go of the memory padiff keeps between calls for the copies of records (it is
-    reused by the next ``auto_diff`` call; a process done comparing can hand it back).
-    Returns the number of bytes released."""
+    reused by the next ``auto_diff`` call; a process done comparing can hand it back, with
+    ``padiff.release_buffers``). Returns the number of bytes released."""
     with _lock:
         freed = sum(a.capacity for a in _free if not a.in_use())
         _free[:] = [a for a in _free if a.in_use()]

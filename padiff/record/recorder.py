@@ -31,7 +31,9 @@ def _is_internal_file(filename: str, prefixes) -> bool:
 # The optimisations of the recording's fixed cost, each with the plain version it replaces
 # kept beside it: tests/test_speed_equivalence.py turns each off and checks that the findings
 # and the source lines shown are the same.
-FAST = {"frames": True, "leaves": True, "arena": True}  # arena: record/arena.py, used by run/live.py
+# reuse: the memory and spill files of a run kept for the next (record/arena.py, record/spill.py;
+# used by run/live.py)
+FAST = {"frames": True, "leaves": True, "reuse": True}
 
 # code object -> 0 (the user's), 1 (a framework's) or 2 (padiff's), decided once per code object
 _CODE_KIND: Dict[tuple, Dict[object, int]] = {}

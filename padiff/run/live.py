@@ -146,7 +146,7 @@ class LiveRun:
             clear_grads(s)
         opts = self.opts
         budget = None if opts.memory_budget_mb is None else int(opts.memory_budget_mb * 2 ** 20)
-        reuse = FAST["arena"]
+        reuse = FAST["reuse"]
         with Spill(budget, reuse=reuse) as ref_spill, Spill(budget, reuse=reuse) as test_spill:
             sr = self._recorded_and_compared(step, ref_spill, test_spill)
         release_freed_memory()
