@@ -118,6 +118,13 @@ def test_a_spill_file_is_written_over_by_the_next_run_unless_a_map_of_it_is_stil
     assert len(spilled()) == 1
     assert padiff.release_buffers() == 128 << 10
     assert spilled() == []
+    for arrays in (3, 1):  # a kept file is cut to what its last run wrote
+        with Spill(0, reuse=True) as spill:
+            for _ in range(arrays):
+                spill.keep(big(5), view=True)
+            folder = spill.folder
+        assert os.path.getsize(os.path.join(folder, "records.bin")) == arrays * (128 << 10)
+    padiff.release_buffers()
     with Spill(0) as spill:  # without reuse the file goes at the end of the run
         spill.keep(big(4), view=True)
         assert spill.folder is not None
@@ -167,3 +174,10 @@ def test_paddle_records_read_through_dlpack_give_the_findings_of_the_copying_pat
     monkeypatch.setattr(paddle_adapter.Adapter, "host_view",  # as before: none for a tensor needing gradients
                         lambda self, t: None if not t.stop_gradient else real(self, t))
     assert _figures(_run()) == fast
+
+
+def test_paddle_shows_a_tensor_that_requires_gradients_without_a_copy():
+    t = paddle.to_tensor(np.arange(6, dtype="float32").reshape(2, 3), stop_gradient=False)
+    view = adapter_for(t).host_view(t)
+    assert view is not None and view.shape == (2, 3)
+    np.testing.assert_array_equal(view, np.arange(6, dtype="float32").reshape(2, 3))

@@ -27,8 +27,6 @@ from . import arena as arenas
 
 SMALL = 1 << 16  # bytes: a smaller array stays in memory whatever the budget, in fresh heap memory
 # (the heap serves it without page faults: the arena is for large ones)
-
-
 MAX_FREE_FILES = 2  # spill files kept for reuse (one per model of a comparison)
 
 _files_lock = threading.Lock()
@@ -86,8 +84,15 @@ def _take_file() -> SpillFile:
 
 
 def _give_back_file(f: SpillFile) -> None:
+    """Keep a run's file for the next run, cut to what this run wrote (a larger run before
+    does not hold its disk space), unless a map of it is still read."""
     if f.in_use():
         f.remove()  # a map still reads it: never written over (the maps stay valid, unlinked)
+        return
+    try:
+        f.file.truncate(f.end)
+    except OSError:
+        f.remove()
         return
     with _files_lock:
         _free_files.append(f)
@@ -138,12 +143,16 @@ class Spill:
         return self
 
     def __exit__(self, *exc):
-        if self._arena is not None:
-            arena, self._arena = self._arena, None
-            arenas.give_back(arena)
-        if self._file is not None:
-            f, self._file, self.folder = self._file, None, None
-            _give_back_file(f) if self._reuse else f.remove()
+        arena, self._arena = self._arena, None
+        f, self._file, self.folder = self._file, None, None
+        try:
+            if arena is not None:
+                arenas.give_back(arena)
+        finally:
+            if f is not None and self._reuse:
+                _give_back_file(f)
+            elif f is not None:
+                f.remove()
         return False
 
     def keep(self, array: np.ndarray, view: bool = False) -> np.ndarray:
