@@ -75,7 +75,7 @@ def lease(cap: int) -> Arena:
     """An arena for one model run's records that may grow to ``cap`` bytes: a free one no
     record still uses (the largest), else a new, empty one."""
     with _lock:
-        for arena in sorted(_free, key=lambda a: -a.capacity):
+        for arena in _free:  # largest first: give_back keeps the list in that order
             if not arena.in_use():
                 _free.remove(arena)
                 break

@@ -128,10 +128,9 @@ class LiveRun:
         try:
             test_run = self._record(1 - ref_i, test_spill, after_forward=arrivals.forward_recorded,
                                     arrivals=arrivals if threaded else None)
-            arrivals.finish()
             sr = job.result()
         finally:
-            arrivals.finish()  # a run that failed before recording anything: the worker stops waiting
+            arrivals.finish()  # also for a run that failed before recording anything: no worker waits on
             job.abandon()  # a failed run: wait for the worker before leaving
         sr.loss = loss_finding(ref_run, test_run, self.loss_fns is not None, self.opts, step)
         if not sr.passed:  # where NaN/Inf first appeared, read before the arrays go
