@@ -485,6 +485,58 @@ def test_memory_budget_must_be_a_size():
         auto_diff(models[0], models[1], inputs, options={"memory_budget_mb": "lots"})
 
 
+@pytest.mark.parametrize("pair", [("paddle", "torch"), ("torch", "paddle")])
+@pytest.mark.parametrize("failing", ["folder", "backward"])
+def test_a_spill_that_cannot_be_written_is_the_users_error_and_leaves_the_models_as_they_were(
+        tmp_path, monkeypatch, pair, failing):
+    import errno
+    import tempfile
+
+    import models as model_pairs
+
+    from padiff.record import spill as spill_module
+
+    padiff.release_buffers()  # no kept spill file: this call makes its own
+    if failing == "folder":  # TMPDIR names a folder that is not there
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    else:  # the disk fills up during the backward of the first model (its forward's arrays were written)
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        from padiff.run import record as run_record
+
+        write, loss_of, armed = spill_module.SpillFile.write, run_record.loss_of, []
+
+        def filling(self, array):
+            if armed:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return write(self, array)
+
+        def arming(side, *a, **k):
+            if side.adapter.name == pair[0]:
+                armed.append(1)
+            return loss_of(side, *a, **k)
+
+        monkeypatch.setattr(run_record, "loss_of", arming)
+        monkeypatch.setattr(spill_module.SpillFile, "write", filling)
+    built = dict(zip(("paddle", "torch"), model_pairs.encoder_pair(dim=64, hidden=256, depth=2)))
+    models = [built[fw] for fw in pair]
+    x = np.random.default_rng(0).standard_normal((4, 64, 64)).astype("float32")  # 64 KiB activations
+    inputs = [{"x": paddle.to_tensor(x)} if fw == "paddle" else {"x": torch.tensor(x)} for fw in pair]
+    with pytest.raises(PadiffError) as raised:
+        auto_diff(models[0], models[1], inputs, options={"memory_budget_mb": 0})
+    text = str(raised.value)
+    assert "padiff could not write the records beyond memory_budget_mb=0 to a temporary file in" in text
+    assert ("No space left on device" if failing == "backward" else "No such file or directory") in text
+    assert "Point TMPDIR to a folder with room, or raise memory_budget_mb (None keeps every record in memory)." \
+        in text
+    if failing == "backward":
+        assert "backward raised" not in text  # padiff's own error, not the model's
+    assert [hook_count(m) for m in models] == [0, 0]
+    assert all(grads_are_clear(m) for m in models)
+    monkeypatch.undo()
+    assert auto_diff(models[0], models[1], inputs, options={"memory_budget_mb": 0})  # and they still align
+    padiff.release_buffers()
+
+
 class _TorchNormHead(torch.nn.Module):
     def __init__(self, bug=None):
         super().__init__()

@@ -107,11 +107,11 @@ def test_a_spill_file_is_written_over_by_the_next_run_unless_a_map_of_it_is_stil
         del first  # read and dropped, as a run drops its records once compared
     assert spilled() == [os.path.basename(folder)]  # kept for the next run
     with Spill(0, reuse=True) as spill:
-        held = spill.keep(big(2), view=True)
+        held = spill.keep(big(2), view=True)[1:]  # a view of the record outlives the record itself
         assert spill.folder == folder  # the same file, written over from its start
-        assert os.path.getsize(os.path.join(folder, "records.bin")) == 128 << 10
+        assert spill._file.end == 128 << 10  # from offset 0: the first run's array is written over
     assert spilled() == []  # a map of it is still read at the end of the run: not kept
-    np.testing.assert_array_equal(held, big(2))  # and the map still reads what was written
+    np.testing.assert_array_equal(held, big(2)[1:])  # and the map still reads what was written
     with Spill(0, reuse=True) as spill:
         spill.keep(big(3), view=True)
         assert spill.folder != folder

@@ -193,6 +193,7 @@ class Recorder:
         self._patcher = None
         self._in_api = False
         self._keep = (spill if spill is not None else Spill(None)).keep  # no budget: all in memory
+        self.failure = None  # padiff's own error raised in one of its hooks (see _copy)
         self._arrived = arrivals.arrived if arrivals is not None else None  # told after each gradient
         self.walk = LayerWalk(adapter, model, root_name, stop_at)
         self.trace = Trace(adapter.name, root_name, api_spellings=dict(adapter.api_spellings))
@@ -393,9 +394,13 @@ class Recorder:
         """The kept copy of a tensor's value: taken straight from its memory where the adapter
         can show it (into memory, or written to the spill file), else through ``to_numpy``."""
         view = self.adapter.host_view(tensor)
-        if view is not None:
-            return self._keep(view, view=True)
-        return self._keep(self.adapter.to_numpy(tensor))
+        try:
+            if view is not None:
+                return self._keep(view, view=True)
+            return self._keep(self.adapter.to_numpy(tensor))
+        except PadiffError as exc:  # a spill that cannot be written: a framework may wrap it on its way out
+            self.failure = exc
+            raise
 
     def _want_grad(self, tensor, store: dict, key: str) -> None:
         """Record ``tensor``'s gradient into ``store[key]``: one hook per tensor value, however

@@ -55,7 +55,7 @@ def loss_of(side: Side, out, loss_fn):
     return ad.default_loss(leaves, [default_loss_weights(tuple(ad.shape(t))) for t in leaves])
 
 
-def _backward(side: Side, loss) -> None:
+def _backward(side: Side, loss, rec: Recorder) -> None:
     ad = side.adapter
     if not ad.requires_grad(loss):
         raise PadiffError(
@@ -65,6 +65,10 @@ def _backward(side: Side, loss) -> None:
     try:
         ad.backward(loss)
     except Exception as exc:
+        if rec.failure is not None:  # padiff's own error in a gradient hook, which paddle wraps in another
+            raise rec.failure
+        if isinstance(exc, PadiffError):
+            raise
         raise PadiffError(f"The {side.label} model's backward raised {type(exc).__name__}: {exc}") from exc
 
 
@@ -90,7 +94,7 @@ def run_side(side: Side, call, *, opts: Options, loss_fn, need_loss: bool, param
                 loss = loss_of(side, out, loss_fn)
                 rec.trace.loss = TensorRecord(ad.to_numpy(loss), ad.dtype_name(loss), ad.shape(loss))
                 if opts.check_backward:
-                    _backward(side, loss)
+                    _backward(side, loss, rec)
         if opts.check_backward:
             for path, tensor in param_paths:
                 g = ad.param_grad(tensor)
