@@ -181,3 +181,78 @@ def test_paddle_shows_a_tensor_that_requires_gradients_without_a_copy():
     view = adapter_for(t).host_view(t)
     assert view is not None and view.shape == (2, 3)
     np.testing.assert_array_equal(view, np.arange(6, dtype="float32").reshape(2, 3))
+
+
+def _whole(monkeypatch):
+    """Compare whole arrays only (the blocked path off)."""
+    from padiff.compare import metrics
+    monkeypatch.setattr(metrics, "BLOCK", 1 << 62)
+
+
+def _blocked_cases():
+    rng = np.random.default_rng(3)
+    n = 3 * (1 << 16) + 5  # three whole blocks and a short one
+    b = rng.standard_normal(n).astype(np.float32)
+    close = b + rng.standard_normal(n).astype(np.float32) * 1e-7
+    zeros = b.copy()
+    zeros[::7] = 0.0  # 0/0 in the relative difference: no error
+    near_zero = zeros.copy()
+    near_zero[5::7] = 0.0
+    near_zero[7 * 1000] = 1e-9  # a tiny error where the reference is zero: infinitely relative
+    tie = close.copy()
+    tie[[10, (1 << 16) + 10]] = b[[10, (1 << 16) + 10]] + 3e-5  # two equal greatest differences
+    over = close.copy()
+    over[(2 << 16) + 3] += 0.5  # over tolerance: counted on the whole arrays
+    nan = close.copy()
+    nan[(1 << 16) + 1] = np.nan
+    l2_only = b * np.float32(1 + 1.5e-4)  # every element within the elementwise rule, too much in L2
+    tiny = (b * 1e-20).astype(np.float32)
+    return [("close", close, b), ("equal", b.copy(), b), ("zeros", zeros, near_zero), ("tie", tie, b),
+            ("over", over, b), ("nan", nan, b), ("l2 only", l2_only, b), ("tiny", tiny, tiny * 1.0000001),
+            ("float64", close.astype(np.float64), b), ("2d", close[:-5].reshape(3, -1)[:, 1:], b[:-5].reshape(3, -1)[:, 1:])]
+
+
+@pytest.mark.parametrize("case", range(10))
+@pytest.mark.parametrize("allowance", [False, True])
+def test_a_large_comparison_worked_out_in_blocks_gives_the_whole_arrays_figures(monkeypatch, case, allowance):
+    from padiff.compare import metrics
+    from padiff.options import Options
+
+    name, a, b = _blocked_cases()[case]
+    opts = Options(atol=1e-3, rtol=1e-3) if allowance else Options()
+    tol = metrics.tolerance_for(opts, str(a.dtype), str(b.dtype), stage="forward")
+    blocked = metrics.compare_arrays(a, b, tol)
+    _whole(monkeypatch)
+    whole = metrics.compare_arrays(a, b, tol)
+    exact = ("passed", "mismatched", "max_abs", "max_abs_index", "max_rel", "max_rel_index", "allowed_at_max",
+             "value_a", "value_b", "scale", "flips", "by_allowance", "problem", "shape_a", "shape_b")
+    assert {f: getattr(blocked, f) for f in exact} == {f: getattr(whole, f) for f in exact}, name
+    for f in ("rel_l2", "cosine", "rel_l2_rest", "rms_error"):  # sums: added up in another order
+        assert getattr(blocked, f) == pytest.approx(getattr(whole, f), rel=1e-5, abs=1e-12), (name, f)
+    if name == "l2 only":  # the blocked path found it, the allowance passes it (on the whole arrays)
+        assert whole.mismatched == 0 and whole.passed == whole.by_allowance == allowance
+
+
+def test_large_comparisons_in_blocks_give_a_runs_findings(monkeypatch):
+    def run():
+        x = np.random.default_rng(0).standard_normal((4, 128, 160)).astype("float32")  # 80 Ki elements
+        paddle_model, torch_model = models.encoder_pair(bug="gelu_tanh", dim=160, hidden=640, depth=2)
+        result = auto_diff(paddle_model, torch_model, ({"x": paddle.to_tensor(x)}, {"x": torch.tensor(x)}))
+        return [(bool(result), result.first and str(result.first))] + [
+            (f.stage, f.ref_path, f.what, f.passed, f.diff.max_abs, f.diff.max_rel, f.diff.mismatched,
+             f.diff.numel, f.diff.rel_l2, f.diff.cosine)
+            for f in result.steps[0].all_findings()]
+
+    from padiff.compare import metrics
+    blocks = []
+    real = metrics._compare_blocks
+    monkeypatch.setattr(metrics, "_compare_blocks", lambda *a: blocks.append(a[0].size) or real(*a))
+    blocked = run()
+    assert blocks and min(blocks) > metrics.BLOCK
+    _whole(monkeypatch)
+    whole = run()
+    assert blocked[0] == whole[0] and blocked[0][0] is False and "gelu" in blocked[0][1]
+    assert len(blocked) == len(whole)
+    for got, want in zip(blocked[1:], whole[1:]):
+        assert got[:8] == want[:8]
+        assert got[8:] == pytest.approx(want[8:], rel=1e-5, abs=1e-9)

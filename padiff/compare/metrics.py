@@ -446,6 +446,10 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tol: Tolerance, mode: str = "st
     # a large tensor costs memory bandwidth (this function is most of padiff's time).
     work = np.float64 if np.float64 in (a.dtype, b.dtype) or a.dtype.kind == "c" or b.dtype.kind == "c" \
         else np.float32
+    if a.size > BLOCK and mode == "strict" and a.dtype.kind == "f" and b.dtype.kind == "f":
+        found = _compare_blocks(a.reshape(-1), b.reshape(-1), tol, work, a.shape, base)
+        if found is not None:
+            return found
     af = a.astype(work, copy=False).reshape(-1)
     bf = b.astype(work, copy=False).reshape(-1)
     n = int(af.size)
@@ -555,6 +559,90 @@ def _compare_floats(af, bf, err, i_abs, tol, work, shape, base, bufs=None) -> Te
         flips=flips, by_allowance=by_allowance,
         rel_l2_rest=rest_err / rest_b if rest_b > 0 else (0.0 if rest_err == 0 else math.inf),
         rms_error=rest_err / math.sqrt(rest_n) if rest_n else 0.0, **base)
+
+
+# A large comparison that passes (every element within the absolute allowance: the common
+# case) is worked out BLOCK elements at a time, each block's dozen passes in the CPU's cache
+# rather than over the whole arrays in memory, and in three buffers of BLOCK elements rather
+# than of the arrays' size (1 Mi elements of float32: 4.3 ms -> 2.8 ms). Anything else (an
+# element over it, NaN/Inf, values too small to square in float32, the user's allowance) is
+# compared whole, as below.
+BLOCK = 1 << 16
+
+
+def _block_figures(a, b, work):
+    """``(max_abs, i_abs, max_rel, i_rel, scale, sums)`` of two flat float arrays, worked out
+    block by block (``sums``: the dot products err.err, b.b, a.a, a.b); None at NaN/Inf."""
+    n = int(a.size)
+    bufs = scratch.take(BLOCK, work)
+    err_b, mag_b, rel_b = bufs[:3] if bufs else [np.empty(BLOCK, work) for _ in range(3)]
+    max_abs, i_abs, max_rel, i_rel, scale = -1.0, 0, -1.0, 0, 0.0
+    ee = bb = aa = ab = 0.0
+    try:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for start in range(0, n, BLOCK):
+                x = a[start:start + BLOCK].astype(work, copy=False)
+                y = b[start:start + BLOCK].astype(work, copy=False)
+                k = int(x.size)
+                e, m, r = err_b[:k], mag_b[:k], rel_b[:k]
+                np.subtract(x, y, out=e)
+                np.abs(e, out=e)
+                i = int(e.argmax())
+                v = float(e[i])
+                if not math.isfinite(v):
+                    return None  # NaN/Inf: the whole arrays say where
+                if v > max_abs:
+                    max_abs, i_abs = v, start + i
+                np.abs(y, out=m)
+                scale = max(scale, float(x.max()), -float(x.min()), float(m.max()))
+                np.divide(e, m, out=r)
+                j = int(r.argmax())
+                w = float(r[j])
+                if math.isnan(w):  # 0/0 is no error: the NaN-skipping maximum
+                    w = float(np.fmax.reduce(r))
+                    j = int((r == w).argmax()) if not math.isnan(w) else 0
+                if w > max_rel:
+                    max_rel, i_rel = w, start + j
+                ee += float(np.dot(e, e))
+                bb += float(np.dot(y, y))
+                aa += float(np.dot(x, x))
+                ab += float(np.dot(x, y))
+    finally:
+        scratch.give(bufs)
+    return max_abs, i_abs, max(max_rel, 0.0), i_rel, scale, (ee, bb, aa, ab)
+
+
+def _compare_blocks(a, b, tol, work, shape, base) -> Optional[TensorDiff]:
+    """The figures of two flat float arrays compared block by block, or None when the
+    comparison needs the whole arrays (see ``BLOCK``)."""
+    found = _block_figures(a, b, work)
+    if found is None:
+        return None
+    n = int(a.size)
+    max_abs, i_abs, max_rel, i_rel, scale, (ee, bb, aa, ab) = found
+    if work is np.float32 and scale < 1e-15:
+        return None  # squares of values this small underflow in float32
+    absolute = max(tol.atol * scale, tol.floor) if tol.auto else tol.atol
+    if max_abs > absolute:
+        return None  # elements over the elementwise tolerance: counted, flips and all, on the whole arrays
+    norm_a, norm_b, err_norm = math.sqrt(aa), math.sqrt(bb), math.sqrt(ee)
+    rel_l2 = err_norm / norm_b if norm_b > 0 else (0.0 if err_norm == 0 else math.inf)
+    passed = True
+    if tol.auto and tol.l2 is not None and err_norm > tol.l2 * norm_b:
+        passed = err_norm <= tol.floor * math.sqrt(n)
+    if not passed and tol.auto and tol.allowance is not None:
+        return None  # the user's allowance is read element by element
+    va, vb = work(a[i_abs]), work(b[i_abs])
+    mag = abs(vb)  # in the working dtype, as the whole-array rule computes what it allowed
+    allowed_at_max = float(tol.rtol * mag + absolute)
+    if tol.auto and tol.allowance is not None:
+        allowed_at_max = max(allowed_at_max, float(tol.allowance[1] * mag + tol.allowance[0]))
+    cosine = min(1.0, ab / (norm_a * norm_b)) if norm_a > 0 and norm_b > 0 else (1.0 if norm_a == norm_b else 0.0)
+    return TensorDiff(
+        passed, numel=n, mismatched=0, max_abs=max_abs, max_abs_index=_index(i_abs, shape),
+        max_rel=max_rel, max_rel_index=_index(i_rel, shape), cosine=cosine, rel_l2=rel_l2,
+        allowed_at_max=allowed_at_max, value_a=float(va), value_b=float(vb), scale=scale, rel_l2_rest=rel_l2,
+        rms_error=err_norm / math.sqrt(n), **base)
 
 
 def _over_tolerance(err, mag_b, i_abs, tol, scale, work, free=None):
