@@ -256,3 +256,24 @@ def test_large_comparisons_in_blocks_give_a_runs_findings(monkeypatch):
     for got, want in zip(blocked[1:], whole[1:]):
         assert got[:8] == want[:8]
         assert got[8:] == pytest.approx(want[8:], rel=1e-5, abs=1e-9)
+
+
+def _rss_file_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:")) / 1024
+
+
+def test_a_spilled_array_read_and_released_leaves_the_process(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    values = np.arange(16 << 20, dtype=np.float32)  # 64 MiB
+    with Spill(0, reuse=True) as spill:
+        kept = spill.keep(values, view=True)
+        before = _rss_file_mib()
+        assert float(kept[1:].sum(dtype=np.float64)) == float(values[1:].sum(dtype=np.float64))
+        assert _rss_file_mib() > before + 48  # its pages are mapped while it is read
+        spill_module.release(kept)
+        assert _rss_file_mib() < before + 8  # and handed back once released
+        np.testing.assert_array_equal(kept[:5], values[:5])  # still readable: the file holds it
+        del kept

@@ -222,6 +222,8 @@ def release(array) -> None:
     base = getattr(array, "base", None)
     while isinstance(base, np.ndarray):
         base = base.base
+    if isinstance(base, memoryview):  # numpy.frombuffer's base
+        base = base.obj
     if isinstance(base, mmap.mmap) and array.nbytes:
         try:
             start = array.__array_interface__["data"][0] - np.frombuffer(base, np.uint8, 1).ctypes.data
