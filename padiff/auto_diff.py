@@ -8,6 +8,7 @@ record both models (forward, loss, backward) -> pair the traces -> compare -> op
 
 from __future__ import annotations
 
+from ._memory import spare_existing_objects
 from .compare.result import AlignResult
 from .options import build_options, preflight
 from .report.run import Printer
@@ -50,7 +51,8 @@ def auto_diff(base_model, raw_model, inputs, loss_fn=None, optimizer=None, layer
     schedulers = pair_of(scheduler, "scheduler")
     check_callables(sides, loss_fns, optimizers, schedulers)  # before any model runs
     out = Printer(quiet=not opts.verbose)
-    live, notes = prepare_live(sides, ref_i, inputs, loss_fns, optimizers, schedulers, opts, layer_map, out)
-    result = AlignResult(False, options=live.opts, ref_label=live.cmp.ref.label, test_label=live.cmp.test.label,
-                         notes=list(notes))
-    return run_live(result, live, out)
+    with spare_existing_objects():
+        live, notes = prepare_live(sides, ref_i, inputs, loss_fns, optimizers, schedulers, opts, layer_map, out)
+        result = AlignResult(False, options=live.opts, ref_label=live.cmp.ref.label,
+                             test_label=live.cmp.test.label, notes=list(notes))
+        return run_live(result, live, out)

@@ -277,3 +277,37 @@ def test_a_spilled_array_read_and_released_leaves_the_process(tmp_path, monkeypa
         assert _rss_file_mib() < before + 8  # and handed back once released
         np.testing.assert_array_equal(kept[:5], values[:5])  # still readable: the file holds it
         del kept
+
+
+def test_auto_diff_spares_the_collector_the_objects_that_were_there_and_hands_them_back(monkeypatch):
+    import gc
+
+    from padiff import _memory
+    from padiff.run import live
+
+    seen = []
+    real = live.compare_step
+    monkeypatch.setattr(live, "compare_step", lambda *a, **k: seen.append(gc.get_freeze_count()) or real(*a, **k))
+    assert gc.get_freeze_count() == 0
+    frozen = _figures(_run())
+    assert seen[-1] > 10000  # the frameworks' and the models' objects, while padiff ran
+    assert gc.get_freeze_count() == 0 and gc.isenabled()  # handed back
+    monkeypatch.setattr(_memory, "FREEZE", False)
+    assert _figures(_run()) == frozen and seen[-1] == 0
+    monkeypatch.setattr(_memory, "FREEZE", True)
+    raising = []
+    monkeypatch.setattr(live, "compare_step", lambda *a, **k: raising.append(gc.get_freeze_count()) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # a failure of ours while frozen
+        _run()
+    assert raising[-1] > 10000 and gc.get_freeze_count() == 0
+    monkeypatch.setattr(live, "compare_step", real)
+    gc.freeze()  # the user froze objects of their own: left as they are
+    try:
+        calls = []
+        monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+        monkeypatch.setattr(gc, "unfreeze", lambda: calls.append("unfreeze"))
+        _run()
+        assert calls == [] and gc.get_freeze_count() > 10000
+    finally:
+        monkeypatch.undo()
+        gc.unfreeze()

@@ -12,6 +12,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from .._memory import spare_existing_objects
 from ..compare.engine import compare_links
 from ..compare.pairing import correspondence, layer_paths, pair_traces
 from ..compare.result import AlignResult, Cause, StepResult
@@ -62,8 +63,9 @@ def compare_two(dumps: List[Dump], options=None, **kwargs) -> AlignResult:
 
     result = AlignResult(False, options=opts, ref_label=ref.label, test_label=test.label, notes=list(notes))
     api = opts.api_check and ref_d.has_api_calls() and test_d.has_api_calls()
-    run_steps(result, opts, out, lambda step: _step(ref_d, test_d, cmp, opts, step, api),
-              on_first=lambda first: explain_by_weights(first, differing_units))
+    with spare_existing_objects():
+        run_steps(result, opts, out, lambda step: _step(ref_d, test_d, cmp, opts, step, api),
+                  on_first=lambda first: explain_by_weights(first, differing_units))
     return finish(result, out, cmp, opts)
 
 

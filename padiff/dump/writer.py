@@ -19,6 +19,7 @@ from typing import List
 
 import numpy as np
 
+from .._memory import spare_existing_objects
 from ..compare.overlap import wants_overlap
 from ..errors import PadiffError
 from ..frameworks import adapter_for, type_choices
@@ -153,8 +154,10 @@ def _record(w: "Writer", manifest: dict, side: Side, layer_table, inputs, call, 
     for step in range(opts.steps):
         clear_grads(side)
         files = w.files(f"steps/{step}")
-        run = run_side(viewing, call, opts=opts, loss_fn=loss_fn, need_loss=opts.check_backward or loss_fn is not None,
-                       param_paths=params, keep_inputs=False, spill=files)
+        with spare_existing_objects():
+            run = run_side(viewing, call, opts=opts, loss_fn=loss_fn,
+                           need_loss=opts.check_backward or loss_fn is not None, param_paths=params,
+                           keep_inputs=False, spill=files)
         files.check()
         # the loss and the parameter gradients are views of the tensors (not kept by the
         # spill): written now, before the optimizer step or the next run changes them
