@@ -16,10 +16,11 @@ from padiff.record import spill as spill_module
 from padiff.record.spill import Spill
 
 
-def _run(bug="gelu_tanh"):
+def _run(bug="gelu_tanh", **options):
     x = np.random.default_rng(0).standard_normal((4, 128, 64)).astype("float32")  # 32 Ki elements
     paddle_model, torch_model = models.encoder_pair(bug=bug, dim=64, hidden=256, depth=2)
-    return auto_diff(paddle_model, torch_model, ({"x": paddle.to_tensor(x)}, {"x": torch.tensor(x)}))
+    return auto_diff(paddle_model, torch_model, ({"x": paddle.to_tensor(x)}, {"x": torch.tensor(x)}),
+                     options=options)
 
 
 def _figures(result):
@@ -36,18 +37,20 @@ def _fresh_arenas():
 
 
 def test_a_second_run_copies_its_records_into_the_first_runs_arena_with_the_same_findings(monkeypatch):
-    first = _figures(_run())
+    run = lambda: _run(memory_budget_mb=256)  # records within a budget go to the arena
+    first = _figures(run())
     kept = sorted(arena._free, key=lambda a: -a.capacity)
     assert len(kept) == 2 and kept[1].capacity > 1 << 20  # one per model, each about its records' size
     buffers = {id(a.buf) for a in kept}
     copied = []
     real_copy = arena.Arena.copy
     monkeypatch.setattr(arena.Arena, "copy", lambda self, v: copied.append(self.capacity) or real_copy(self, v))
-    second = _figures(_run())
+    second = _figures(run())
     assert {id(a.buf) for a in arena._free} == buffers  # the same resident memory, not new
     assert copied and min(copied) > 0
     monkeypatch.setitem(recorder.FAST, "reuse", False)
-    assert _figures(_run()) == second == first
+    assert _figures(run()) == second == first
+    assert _figures(_run()) == first  # and the default budget spills them: the same findings
     assert second[0] is False and "gelu" in second[1]
 
 

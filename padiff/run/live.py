@@ -80,7 +80,7 @@ OVERLAP_MIN_BYTES = 16 << 20
 
 def _worth_a_thread(ref_spill) -> bool:
     """Whether the reference's records are large enough to compare in a worker."""
-    return ref_spill.held >= OVERLAP_MIN_BYTES or ref_spill.folder is not None
+    return ref_spill.held + ref_spill.spilled >= OVERLAP_MIN_BYTES
 
 
 class LiveRun:
