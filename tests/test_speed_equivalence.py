@@ -141,6 +141,35 @@ def test_a_module_imported_after_the_first_run_has_its_aliases_traced(tmp_path, 
         sys.modules.pop("late_alias_mod", None)
 
 
+def test_a_function_asked_about_after_the_index_was_built_is_found_where_it_was_bound_before(tmp_path, monkeypatch):
+    """The index holds only the functions padiff patches; one wrapped later (a user's own API)
+    is looked for in every module seen before, and the index stays small."""
+    (tmp_path / "user_ops_mod.py").write_text("def iou(x):\n    return [x]\n")
+    (tmp_path / "uses_user_ops_mod.py").write_text("from user_ops_mod import iou as my_iou\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import user_ops_mod
+    import uses_user_ops_mod
+
+    ad = adapter_for(torch.nn.Linear(1, 1))
+    calls = []
+
+    def on_call(name, fn, a, k):
+        calls.append(name)
+        return fn(*a, **k)
+
+    try:
+        with api.ApiPatcher(api.api_targets(ad), on_call):
+            pass  # the index is built, user_ops_mod scanned, iou not asked about
+        assert sum(len(v) for v in api._ALIASES._index.values()) < 5000  # not every callable of every module
+        with api.ApiPatcher(api.api_targets(ad) + [(user_ops_mod, "iou", "user_ops_mod.iou")], on_call):
+            assert uses_user_ops_mod.my_iou(1.0) == [1.0]
+        assert calls == ["user_ops_mod.iou"]
+        assert uses_user_ops_mod.my_iou is user_ops_mod.iou  # put back
+    finally:
+        sys.modules.pop("user_ops_mod", None)
+        sys.modules.pop("uses_user_ops_mod", None)
+
+
 def test_a_rebound_alias_is_not_patched(tmp_path, monkeypatch):
     """A place the index remembers but that now holds something else is left alone."""
     import torch.nn.functional as F

@@ -86,12 +86,17 @@ class _AliasIndex:
     another module, and a patch of the original attribute alone would miss those calls.
     Built once; the modules imported since are added before each patching (a full rebuild
     over some 5000 modules took about 0.45 s, and the old index rebuilt it whenever the number
-    of modules changed). A place is given only while it still holds the function."""
+    of modules changed). Only the functions asked about are indexed (every callable of every
+    module was 109,000 entries and 6 MB, most of a tiny model's extra memory); a function not
+    asked about before has every module scanned for it once. A place is given only while it
+    still holds the function."""
 
     def __init__(self):
         self._seen = 0
         self._scanned: Dict[str, object] = {}  # module name -> the module object scanned
         self._index: Dict[int, List[Tuple[object, str]]] = {}
+        self._full: Dict[int, List[Tuple[object, str]]] = {}  # every callable (FAST["aliases"] off)
+        self._wanted: Dict[int, object] = {}  # id -> each function indexed (kept: its id stays its own)
         self._main_size = -1
         self._stamp = None
 
@@ -99,19 +104,25 @@ class _AliasIndex:
         if not FAST["aliases"]:
             if len(sys.modules) != self._seen:
                 self._rebuild()
-            return self._index.get(id(fn), [])
+            return self._full.get(id(fn), [])
         return [(m, a) for m, a in self._index.get(id(fn), ()) if vars(m).get(a) is fn]
 
-    def refresh(self) -> None:
-        """Add the modules imported since the last look (found by name), and the script's own
-        module if it gained names."""
+    def refresh(self, functions=()) -> None:
+        """Index ``functions`` too (every module scanned for those new here), and add the modules
+        imported since the last look (found by name), and the script's own module if it gained
+        names."""
         if not FAST["aliases"]:
             return
+        new = {id(f): f for f in functions if self._wanted.get(id(f)) is not f}
+        if new:
+            self._wanted.update(new)
+            for module in list(self._scanned.values()):
+                self._add(module, self._index, new)
         modules = sys.modules
         main = modules.get("__main__")
         if main is not None and len(getattr(main, "__dict__", ())) != self._main_size:
             self._main_size = len(main.__dict__)  # a script's own `from torch... import gelu`
-            self._add(main, self._index)
+            self._add(main, self._index, self._wanted)
         try:  # imports append to sys.modules: its size and last name tell whether any happened
             stamp = (len(modules), next(reversed(modules.keys())))
         except (StopIteration, RuntimeError):  # empty, or changed while read (another thread)
@@ -125,23 +136,32 @@ class _AliasIndex:
         for name in modules.keys() - scanned.keys():
             module = modules.get(name)
             scanned[name] = module
-            self._add(module, self._index)
+            self._add(module, self._index, self._wanted)
 
     @staticmethod
-    def _add(module, index):
+    def _add(module, index, wanted=None):
+        """Enter ``module``'s bindings of the ``wanted`` functions (by id; all callables when
+        None) in ``index``."""
         try:
             attrs = vars(module)
         except TypeError:
             return
+        if wanted is None:
+            for attr, value in list(attrs.items()):
+                if callable(value) and not isinstance(value, type) and not attr.startswith("__"):
+                    index.setdefault(id(value), []).append((module, attr))
+            return
         for attr, value in list(attrs.items()):
-            if callable(value) and not isinstance(value, type) and not attr.startswith("__"):
-                index.setdefault(id(value), []).append((module, attr))
+            if id(value) in wanted and not attr.startswith("__"):
+                places = index.setdefault(id(value), [])
+                if (module, attr) not in places:
+                    places.append((module, attr))
 
     def _rebuild(self):
         index: Dict[int, List[Tuple[object, str]]] = {}
         for module in list(sys.modules.values()):
             self._add(module, index)
-        self._index = index
+        self._full = index
         self._seen = len(sys.modules)
 
 
@@ -160,7 +180,8 @@ class ApiPatcher:
 
     def __enter__(self):
         try:
-            _ALIASES.refresh()
+            _ALIASES.refresh([getattr(owner, attr) for owner, attr, _ in self.targets
+                              if isinstance(owner, types.ModuleType)])
             done = set()
             for owner, attr, name in self.targets:
                 original = getattr(owner, attr)

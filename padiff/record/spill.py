@@ -243,7 +243,7 @@ def release(array) -> None:
 # process drop its cached address translations, and one per record (3,300 a step on the
 # 6-block Transformer) cost 0.3 s of a 1.8 s step. Pages of the span that another record still
 # reads are read again from the page cache, unchanged.
-RELEASE_BATCH = 16 << 20
+RELEASE_BATCH = 4 << 20
 _pending_lock = threading.Lock()
 _pending: dict = {}  # id(chunk map) -> [map, start of the span, end of the span]
 _pending_bytes = 0
