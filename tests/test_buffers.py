@@ -314,3 +314,30 @@ def test_auto_diff_spares_the_collector_the_objects_that_were_there_and_hands_th
     finally:
         monkeypatch.undo()
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("elements", [40 << 10, 8 << 20])  # a small record (one read) and a large one (blocks)
+def test_spilled_records_are_compared_from_their_file_without_mapping_their_pages(tmp_path, monkeypatch, elements):
+    import tempfile
+
+    from padiff.compare import metrics
+    from padiff.options import Options
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    rng = np.random.default_rng(1)
+    b = rng.standard_normal(elements).astype(np.float32)
+    a = b + rng.standard_normal(elements).astype(np.float32) * 1e-6
+    tol = metrics.tolerance_for(Options(), "float32", "float32", stage="forward")
+    with Spill(0, reuse=True) as spill:
+        ka, kb = spill.keep(a, view=True), spill.keep(b, view=True)
+        assert spill_module._map_of(ka) is not None and spill_module._map_of(kb) is not None
+        in_memory = metrics.compare_arrays(a, b, tol)  # first: the code it runs is loaded
+        before = _rss_file_mib()
+        spilled = metrics.compare_arrays(ka, kb, tol)
+        stats = [spill_module.read_blocks(ka, 1 << 16)]
+        assert _rss_file_mib() < before + 1  # read through the file: no page of theirs mapped
+        assert repr(spilled) == repr(in_memory) and spilled.passed
+        assert (spilled.rel_l2, spilled.cosine, spilled.max_abs_index, spilled.value_a) == \
+            (in_memory.rel_l2, in_memory.cosine, in_memory.max_abs_index, in_memory.value_a)
+        np.testing.assert_array_equal(np.concatenate([x.copy() for x in stats[0]]), a)
+        del ka, kb, stats

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, List, Optional, Tuple
 
-from ..record.spill import release
+from ..record.spill import read_blocks, release
 from ..record.trace import Node, TensorRecord
 from ..structure import pair_flat, show_id
 from .context import GradientContext
-from .metrics import TensorDiff, carried_error, compare_records, explained_error, tolerance_for
+from .metrics import BLOCK, TensorDiff, carried_error, compare_records, explained_error, tolerance_for
 from .pairing import Pairing
 from .result import Finding
 
@@ -233,7 +233,8 @@ def largest_magnitude(records) -> float:
     for r in records:
         arr = r.array if r is not None else None
         if arr is not None and arr.size and arr.dtype.kind == "f":
-            found = max(found, float(arr.max()), -float(arr.min()))
+            for x in read_blocks(arr, BLOCK):  # a spilled record straight from its file
+                found = max(found, float(x.max()), -float(x.min()))
             release(arr)
     return found
 

@@ -54,6 +54,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from ..record.spill import loaded, read_blocks
 from . import scratch
 
 # Unit roundoff (half the machine epsilon) of each floating dtype.
@@ -450,6 +451,7 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tol: Tolerance, mode: str = "st
         found = _compare_blocks(a.reshape(-1), b.reshape(-1), tol, work, a.shape, base)
         if found is not None:
             return found
+    a, b = loaded(a, 0, BLOCK), loaded(b, 1, BLOCK)  # a small spilled record: read from its file
     af = a.astype(work, copy=False).reshape(-1)
     bf = b.astype(work, copy=False).reshape(-1)
     n = int(af.size)
@@ -571,18 +573,19 @@ BLOCK = 1 << 16
 
 
 def _block_figures(a, b, work):
-    """``(max_abs, i_abs, max_rel, i_rel, scale, sums)`` of two flat float arrays, worked out
-    block by block (``sums``: the dot products err.err, b.b, a.a, a.b); None at NaN/Inf."""
-    n = int(a.size)
+    """``(max_abs, i_abs, max_rel, i_rel, scale, sums, values)`` of two flat float arrays, worked
+    out block by block (``sums``: the dot products err.err, b.b, a.a, a.b; ``values``: both
+    arrays' values at ``i_abs``, in the working dtype); None at NaN/Inf."""
     bufs = scratch.take(BLOCK, work)
     err_b, mag_b, rel_b = bufs[:3] if bufs else [np.empty(BLOCK, work) for _ in range(3)]
-    max_abs, i_abs, max_rel, i_rel, scale = -1.0, 0, -1.0, 0, 0.0
+    max_abs, i_abs, max_rel, i_rel, scale, at_max = -1.0, 0, -1.0, 0, 0.0, (0.0, 0.0)
     ee = bb = aa = ab = 0.0
+    blocks = zip(range(0, int(a.size), BLOCK), read_blocks(a, BLOCK, 0), read_blocks(b, BLOCK, 1))
     try:
         with np.errstate(divide="ignore", invalid="ignore"):
-            for start in range(0, n, BLOCK):
-                x = a[start:start + BLOCK].astype(work, copy=False)
-                y = b[start:start + BLOCK].astype(work, copy=False)
+            for start, xa, yb in blocks:
+                x = xa.astype(work, copy=False)
+                y = yb.astype(work, copy=False)
                 k = int(x.size)
                 e, m, r = err_b[:k], mag_b[:k], rel_b[:k]
                 np.subtract(x, y, out=e)
@@ -591,8 +594,8 @@ def _block_figures(a, b, work):
                 v = float(e[i])
                 if not math.isfinite(v):
                     return None  # NaN/Inf: the whole arrays say where
-                if v > max_abs:
-                    max_abs, i_abs = v, start + i
+                if v > max_abs:  # the two values too: a spilled record's block is gone after this one
+                    max_abs, i_abs, at_max = v, start + i, (x[i], y[i])
                 np.abs(y, out=m)
                 scale = max(scale, float(x.max()), -float(x.min()), float(m.max()))
                 np.divide(e, m, out=r)
@@ -609,7 +612,7 @@ def _block_figures(a, b, work):
                 ab += float(np.dot(x, y))
     finally:
         scratch.give(bufs)
-    return max_abs, i_abs, max(max_rel, 0.0), i_rel, scale, (ee, bb, aa, ab)
+    return max_abs, i_abs, max(max_rel, 0.0), i_rel, scale, (ee, bb, aa, ab), at_max
 
 
 def _compare_blocks(a, b, tol, work, shape, base) -> Optional[TensorDiff]:
@@ -619,7 +622,7 @@ def _compare_blocks(a, b, tol, work, shape, base) -> Optional[TensorDiff]:
     if found is None:
         return None
     n = int(a.size)
-    max_abs, i_abs, max_rel, i_rel, scale, (ee, bb, aa, ab) = found
+    max_abs, i_abs, max_rel, i_rel, scale, (ee, bb, aa, ab), (va, vb) = found
     if work is np.float32 and scale < 1e-15:
         return None  # squares of values this small underflow in float32
     absolute = max(tol.atol * scale, tol.floor) if tol.auto else tol.atol
@@ -632,7 +635,6 @@ def _compare_blocks(a, b, tol, work, shape, base) -> Optional[TensorDiff]:
         passed = err_norm <= tol.floor * math.sqrt(n)
     if not passed and tol.auto and tol.allowance is not None:
         return None  # the user's allowance is read element by element
-    va, vb = work(a[i_abs]), work(b[i_abs])
     mag = abs(vb)  # in the working dtype, as the whole-array rule computes what it allowed
     allowed_at_max = float(tol.rtol * mag + absolute)
     if tol.auto and tol.allowance is not None:

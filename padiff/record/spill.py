@@ -69,6 +69,7 @@ class SpillFile:
             mm = mmap.mmap(self.file.fileno(), length, prot=mmap.PROT_READ, offset=start)
             self._chunk = (start, length, mm)
             self._maps.append(weakref.ref(mm))
+            _register_source(mm, self, start)
         data = memoryview(array.reshape(-1).view(np.uint8))
         at = offset
         while data:  # pwrite may write less than asked (2 GiB at most per call on Linux)
@@ -217,6 +218,90 @@ class Spill:
                 "memory_budget_mb (None keeps every record in memory).") from exc
 
 
+# id(chunk map) -> (weak reference to the map, its SpillFile, the map's offset in the file):
+# lets a reader of a spilled array read it from the file (read_blocks) rather than through the map
+_sources: dict = {}
+
+
+def _register_source(mm, spill_file, start: int) -> None:
+    key = id(mm)
+
+    def gone(ref, key=key):
+        if _sources.get(key, (None,))[0] is ref:
+            del _sources[key]
+
+    _sources[key] = (weakref.ref(mm, gone), spill_file, start)
+
+
+def _map_of(array):
+    """The mmap behind an array read from a spill file (None for any other array)."""
+    base = getattr(array, "base", None)
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):  # numpy.frombuffer's base
+        base = base.obj
+    return base if isinstance(base, mmap.mmap) else None
+
+
+def _file_region(array):
+    """``(file descriptor, byte offset)`` where a C-contiguous array read from a spill file lies
+    in that file, while the file is open; None for any other array."""
+    mm = _map_of(array)
+    if mm is None or not array.flags.c_contiguous:
+        return None
+    found = _sources.get(id(mm))
+    if found is None or found[0]() is not mm or found[1].file.closed:
+        return None
+    start = array.__array_interface__["data"][0] - np.frombuffer(mm, np.uint8, 1).ctypes.data
+    return found[1].file.fileno(), found[2] + start
+
+
+_raw = threading.local()  # per thread: the buffers read_blocks reads into
+
+
+def read_blocks(array: np.ndarray, block: int, which: int = 0):
+    """The flat ``array`` ``block`` elements at a time. An array read from a spill file is read
+    from the file (``os.preadv``) into a buffer of this thread's (``which``: 0 or 1, for two
+    arrays read side by side), so its pages never enter the process: no page faults, nothing
+    to hand back, and none of the cost of dropping mapped pages (every CPU running the process
+    is interrupted to forget them). Each block is valid until the next one is read."""
+    flat = array.reshape(-1)
+    n = int(flat.size)
+    region = _file_region(array) if n else None
+    if region is None:
+        for start in range(0, n, block):
+            yield flat[start:start + block]
+        return
+    fd, offset = region
+    item = flat.dtype.itemsize
+    bufs = getattr(_raw, "bufs", None)
+    if bufs is None:
+        bufs = _raw.bufs = [np.empty(0, np.uint8), np.empty(0, np.uint8)]
+    need = min(block, n) * item
+    if bufs[which].nbytes < need:  # a new buffer: a block read before stays valid in the old one
+        bufs[which] = np.empty(max(need, 1 << 19), np.uint8)
+    raw = bufs[which]
+    for start in range(0, n, block):
+        k = min(block, n - start)
+        view = memoryview(raw[:k * item])
+        at, done = offset + start * item, 0
+        while done < k * item:
+            got = os.preadv(fd, [view[done:]], at + done)
+            if got <= 0:
+                raise OSError(f"short read from padiff's spill file at byte {at + done}")
+            done += got
+        yield raw[:k * item].view(flat.dtype)
+
+
+def loaded(array: np.ndarray, which: int, most: int) -> np.ndarray:
+    """``array`` itself, or, when it was read from a spill file and holds at most ``most``
+    elements, a copy read from the file into this thread's buffer ``which`` (see
+    :func:`read_blocks`; valid until that buffer is read into again)."""
+    if array.size > most or _map_of(array) is None:
+        return array
+    return next(read_blocks(array, most, which)).reshape(array.shape)
+
+
 def release(array) -> None:
     """Drop a memory-mapped array's pages from the process (they stay in the file): an array
     read from a spill file (in batches, see ``RELEASE_BATCH``), or a ``numpy.memmap`` (at once)."""
@@ -224,12 +309,8 @@ def release(array) -> None:
     if mm is not None:  # a numpy.memmap (a dump read back): all of its map
         _advise(mm, 0, None)
         return
-    base = getattr(array, "base", None)
-    while isinstance(base, np.ndarray):
-        base = base.base
-    if isinstance(base, memoryview):  # numpy.frombuffer's base
-        base = base.obj
-    if isinstance(base, mmap.mmap) and array.nbytes:
+    base = _map_of(array)
+    if base is not None and array.nbytes:
         try:
             start = array.__array_interface__["data"][0] - np.frombuffer(base, np.uint8, 1).ctypes.data
         except (TypeError, ValueError):
