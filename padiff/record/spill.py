@@ -1,6 +1,9 @@
-"""Keeping a run's records within a memory budget: beyond it, each new array is written to a
-temporary file and read back memory-mapped, so it lives in the page cache rather than in the
-process, and its pages are handed back after it has been compared (``release``).
+"""Keeping a run's records within a memory budget (by default none: every array of ``SMALL``
+bytes or more): beyond it, each new array is written to a temporary file, so it lives in the
+page cache rather than in the process. It is handed back as a read-only view of a map of the
+file, for whoever needs an array; the comparison reads it from the file instead
+(:func:`read_blocks`, :func:`loaded`), and pages a reader did map are handed back after use
+(:func:`release`).
 
 With ``reuse`` (live runs), the file outlives the run and the next run writes over it from
 the start: writing a new file and deleting it every step cost far more than writing over
@@ -71,8 +74,12 @@ class SpillFile:
             self._maps.append(weakref.ref(mm))
             _register_source(mm, self, start)
         data = memoryview(array.reshape(-1).view(np.uint8))
+        if not hasattr(os, "pwrite"):  # Windows
+            self.file.seek(offset)
+            self.file.write(data)
+            self.file.flush()
         at = offset
-        while data:  # pwrite may write less than asked (2 GiB at most per call on Linux)
+        while data and hasattr(os, "pwrite"):  # pwrite may write less than asked (2 GiB at most per call on Linux)
             written = os.pwrite(self.file.fileno(), data, at)
             data, at = data[written:], at + written
         self.end = offset + n
@@ -247,8 +254,8 @@ def _file_region(array):
     """``(file descriptor, byte offset)`` where a C-contiguous array read from a spill file lies
     in that file, while the file is open; None for any other array."""
     mm = _map_of(array)
-    if mm is None or not array.flags.c_contiguous:
-        return None
+    if mm is None or not array.flags.c_contiguous or not hasattr(os, "preadv"):
+        return None  # (no preadv on Windows: read through the map)
     found = _sources.get(id(mm))
     if found is None or found[0]() is not mm or found[1].file.closed:
         return None
