@@ -73,7 +73,7 @@ class Options:
     # Records of one model's run kept in memory; beyond this they go to a temporary file and are
     # read back memory-mapped (issue 9's spill). None: no limit. 0 (the default): every record of
     # 64 KiB or more goes to the file, so the process holds little more than a bare run does
-    # (issue 18: 1.2x a bare run's peak, where 256 MB gave 3x, for 0-5 % more time).
+    # (issue 18: 1.2x a bare run's peak, where 256 MB gave 3x, for up to about 10 % more time).
     memory_budget_mb: Optional[float] = 0.0
     # Compare in a worker thread while the tested model runs its backward: None decides by
     # whether the framework leaves a CPU core idle (paddle's CPU kernels, any GPU run).
