@@ -1,6 +1,6 @@
 """What recording alone costs: the floor under auto_diff's time, whatever the comparison does.
 
-    python bench/bench_floor.py                      # all models, about 2 minutes on 2 CPU cores
+    python bench/bench_floor.py                      # all models, about 3 minutes on 2 CPU cores
     python bench/bench_floor.py --models llama2 --repeat 20
 
 auto_diff records every layer call's and every framework call's output and gradient of both
