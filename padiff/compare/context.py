@@ -119,6 +119,7 @@ class GradientContext:
 
     def __init__(self, ref_events: List[Tuple[object, str]], heavy: float = HEAVY_CANCELLATION):
         self.heavy = heavy
+        self.events = ref_events  # the backward pass it was worked out from
         self._stats: Dict[int, Tuple[float, float]] = {}
         self._k: Dict[int, float] = {}
         self._kappa: Dict[int, float] = {}  # id(node) -> kappa of its output gradients

@@ -119,8 +119,8 @@ def compare_step(ref_run, test_run, cmp: Comparison, opts: Options, step: int, r
         _move_api_findings(sr)
         return sr
     if rounding is None:
-        rounding = GradientContext(ref_run.trace.backward_events())
-    sr.backward = compare_backward(pairing, ref_run.trace.backward_events(), opts, step, memo,
+        rounding = reference_context(ref_run, opts)
+    sr.backward = compare_backward(pairing, rounding.events, opts, step, memo,
                                    context=rounding, ready=ready, notes=sr.notes,
                                    near_ties=all(f.passed for f in forward))
     _move_api_findings(sr)
