@@ -50,7 +50,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from ..record.spill import loaded, read_blocks, release
+from ..record.spill import read_blocks, release
 from .metrics import BLOCK
 
 HEAVY_CANCELLATION = 1e-3  # input gradient norm under this share of the output gradient's: cancellation
@@ -76,20 +76,14 @@ def record_stats(rec) -> Tuple[float, float]:
     flt = _floating(arr)
     if flt is None:
         return 0.0, 0.0
-    if flt.size > BLOCK:  # a block at a time (a spilled record straight from its file)
-        big, norm = _block_stats(flt)
-    else:
-        flat = loaded(flt, 0, BLOCK).reshape(-1)  # a small spilled record: read from its file
-        big = float(max(flat.max(), -flat.min()))
-        if flat.dtype == np.float64 or big < 1e-15:  # squares of tiny float32 values underflow
-            flat = flat.astype(np.float64)
-        norm = math.sqrt(float(np.dot(flat, flat)))
+    big, norm = _block_stats(flt)
     release(arr)
     return big, norm
 
 
 def _block_stats(flt: np.ndarray) -> Tuple[float, float]:
-    """``record_stats`` of a large array, ``BLOCK`` elements at a time."""
+    """``record_stats`` of an array, ``BLOCK`` elements at a time (a spilled record straight
+    from its file; a small array is one block)."""
     big, squares = 0.0, 0.0
     wide = flt.dtype == np.float64
     for x in read_blocks(flt, BLOCK):
