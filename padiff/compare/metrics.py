@@ -539,17 +539,12 @@ def _compare_floats(af, bf, err, i_abs, tol, work, shape, base, bufs=None) -> Te
     norm_b = math.sqrt(float(np.dot(bf, bf)))
     norm_a = math.sqrt(float(np.dot(af, af)))
     err_norm = math.sqrt(float(np.dot(err, err)))
-    rel_l2 = err_norm / norm_b if norm_b > 0 else (0.0 if err_norm == 0 else math.inf)
-    cosine = min(1.0, float(np.dot(af, bf)) / (norm_a * norm_b)) if norm_a > 0 and norm_b > 0 else (
-        1.0 if norm_a == norm_b else 0.0)
+    rel_l2, cosine = _relative(err_norm, norm_b), _cosine(float(np.dot(af, bf)), norm_a, norm_b)
     flips, (rest_err, rest_b, rest_n) = 0, (err_norm, norm_b, n)
     if mismatched and tol.auto and tol.flip_share > 0:
         flips, rest = _near_tie_flips(af, bf, err, over, mismatched, tol)
         rest_err, rest_b, rest_n = rest or (rest_err, rest_b, rest_n)
-    passed = mismatched == flips
-    if tol.auto and tol.l2 is not None and rest_err > tol.l2 * rest_b:
-        # Many small errors that together are too large for rounding alone.
-        passed = passed and rest_err <= tol.floor * math.sqrt(rest_n)
+    passed = mismatched == flips and _l2_holds(tol, rest_err, rest_b, rest_n)
     by_allowance = False
     if not passed and tol.auto and tol.allowance is not None:
         by_allowance, mismatched = _within_allowance(err, mag_b, over, mismatched, tol.allowance, work)
@@ -559,8 +554,43 @@ def _compare_floats(af, bf, err, i_abs, tol, work, shape, base, bufs=None) -> Te
         max_rel=max_rel, max_rel_index=_index(i_rel, shape), cosine=cosine, rel_l2=rel_l2,
         allowed_at_max=allowed_at_max, value_a=float(af[i_abs]), value_b=float(bf[i_abs]), scale=scale,
         flips=flips, by_allowance=by_allowance,
-        rel_l2_rest=rest_err / rest_b if rest_b > 0 else (0.0 if rest_err == 0 else math.inf),
-        rms_error=rest_err / math.sqrt(rest_n) if rest_n else 0.0, **base)
+        rel_l2_rest=_relative(rest_err, rest_b), rms_error=rest_err / math.sqrt(rest_n) if rest_n else 0.0,
+        **base)
+
+
+def _relative(err_norm: float, norm_b: float) -> float:
+    """The relative L2 error of an error norm against the reference's norm."""
+    return err_norm / norm_b if norm_b > 0 else (0.0 if err_norm == 0 else math.inf)
+
+
+def _cosine(dot_ab: float, norm_a: float, norm_b: float) -> float:
+    if norm_a > 0 and norm_b > 0:
+        return min(1.0, dot_ab / (norm_a * norm_b))
+    return 1.0 if norm_a == norm_b else 0.0
+
+
+def _l2_holds(tol: Tolerance, err_norm: float, norm_b: float, n: int) -> bool:
+    """The auto rule's whole-tensor part: many small errors that together are too large for
+    rounding alone fail (true for an exact tolerance)."""
+    if tol.auto and tol.l2 is not None and err_norm > tol.l2 * norm_b:
+        return err_norm <= tol.floor * math.sqrt(n)
+    return True
+
+
+def _absolute(tol: Tolerance, scale: float) -> float:
+    """The absolute part of the elementwise allowance: an element within it passes whatever
+    its rtol share."""
+    return max(tol.atol * scale, tol.floor) if tol.auto else tol.atol
+
+
+def _allowed_at(tol: Tolerance, mag, absolute: float) -> float:
+    """What the elementwise rule allows at an element whose reference magnitude is ``mag`` (a
+    scalar of the working dtype), the user's allowance included."""
+    allowed = float(tol.rtol * mag + absolute)
+    user = tol.allowance if tol.auto else None
+    if user is not None:
+        allowed = max(allowed, float(user[1] * mag + user[0]))
+    return allowed
 
 
 # A large comparison that passes (every element within the absolute allowance: the common
@@ -625,26 +655,19 @@ def _compare_blocks(a, b, tol, work, shape, base) -> Optional[TensorDiff]:
     max_abs, i_abs, max_rel, i_rel, scale, (ee, bb, aa, ab), (va, vb) = found
     if work is np.float32 and scale < 1e-15:
         return None  # squares of values this small underflow in float32
-    absolute = max(tol.atol * scale, tol.floor) if tol.auto else tol.atol
+    absolute = _absolute(tol, scale)
     if max_abs > absolute:
         return None  # elements over the elementwise tolerance: counted, flips and all, on the whole arrays
     norm_a, norm_b, err_norm = math.sqrt(aa), math.sqrt(bb), math.sqrt(ee)
-    rel_l2 = err_norm / norm_b if norm_b > 0 else (0.0 if err_norm == 0 else math.inf)
-    passed = True
-    if tol.auto and tol.l2 is not None and err_norm > tol.l2 * norm_b:
-        passed = err_norm <= tol.floor * math.sqrt(n)
+    passed = _l2_holds(tol, err_norm, norm_b, n)
     if not passed and tol.auto and tol.allowance is not None:
         return None  # the user's allowance is read element by element
-    mag = abs(vb)  # in the working dtype, as the whole-array rule computes what it allowed
-    allowed_at_max = float(tol.rtol * mag + absolute)
-    if tol.auto and tol.allowance is not None:
-        allowed_at_max = max(allowed_at_max, float(tol.allowance[1] * mag + tol.allowance[0]))
-    cosine = min(1.0, ab / (norm_a * norm_b)) if norm_a > 0 and norm_b > 0 else (1.0 if norm_a == norm_b else 0.0)
+    rel_l2 = _relative(err_norm, norm_b)
     return TensorDiff(
         passed, numel=n, mismatched=0, max_abs=max_abs, max_abs_index=_index(i_abs, shape),
-        max_rel=max_rel, max_rel_index=_index(i_rel, shape), cosine=cosine, rel_l2=rel_l2,
-        allowed_at_max=allowed_at_max, value_a=float(va), value_b=float(vb), scale=scale, rel_l2_rest=rel_l2,
-        rms_error=err_norm / math.sqrt(n), **base)
+        max_rel=max_rel, max_rel_index=_index(i_rel, shape), cosine=_cosine(ab, norm_a, norm_b), rel_l2=rel_l2,
+        allowed_at_max=_allowed_at(tol, abs(vb), absolute), value_a=float(va), value_b=float(vb), scale=scale,
+        rel_l2_rest=rel_l2, rms_error=err_norm / math.sqrt(n), **base)
 
 
 def _over_tolerance(err, mag_b, i_abs, tol, scale, work, free=None):
@@ -653,11 +676,8 @@ def _over_tolerance(err, mag_b, i_abs, tol, scale, work, free=None):
     when given), and what was allowed at the greatest difference."""
     # Every element within the absolute allowance passes whatever its rtol share: then the
     # elementwise allowance need not be built (the common case, and three passes fewer).
-    absolute = max(tol.atol * scale, tol.floor) if tol.auto else tol.atol
-    allowed_at_max = float(tol.rtol * mag_b[i_abs] + absolute)
-    user = tol.allowance if tol.auto else None
-    if user is not None:
-        allowed_at_max = max(allowed_at_max, float(user[1] * mag_b[i_abs] + user[0]))
+    absolute = _absolute(tol, scale)
+    allowed_at_max = _allowed_at(tol, mag_b[i_abs], absolute)
     if float(err[i_abs]) <= absolute:
         return None, 0, free if free is not None else np.empty_like(err), allowed_at_max
     allowed = np.multiply(mag_b, tol.rtol, dtype=work, out=free)
