@@ -74,14 +74,15 @@ class SpillFile:
             self._maps.append(weakref.ref(mm))
             _register_source(mm, self, start)
         data = memoryview(array.reshape(-1).view(np.uint8))
-        if not hasattr(os, "pwrite"):  # Windows
+        if hasattr(os, "pwrite"):
+            at = offset
+            while data:  # pwrite may write less than asked (2 GiB at most per call on Linux)
+                written = os.pwrite(self.file.fileno(), data, at)
+                data, at = data[written:], at + written
+        else:  # Windows
             self.file.seek(offset)
             self.file.write(data)
             self.file.flush()
-        at = offset
-        while data and hasattr(os, "pwrite"):  # pwrite may write less than asked (2 GiB at most per call on Linux)
-            written = os.pwrite(self.file.fileno(), data, at)
-            data, at = data[written:], at + written
         self.end = offset + n
         return np.frombuffer(mm, array.dtype, array.size, offset - start).reshape(array.shape)
 
@@ -259,8 +260,12 @@ def _file_region(array):
     found = _sources.get(id(mm))
     if found is None or found[0]() is not mm or found[1].file.closed:
         return None
-    start = array.__array_interface__["data"][0] - np.frombuffer(mm, np.uint8, 1).ctypes.data
-    return found[1].file.fileno(), found[2] + start
+    return found[1].file.fileno(), found[2] + _offset_in(mm, array)
+
+
+def _offset_in(mm, array) -> int:
+    """Where ``array``'s data starts in the map ``mm``, in bytes."""
+    return array.__array_interface__["data"][0] - np.frombuffer(mm, np.uint8, 1).ctypes.data
 
 
 _raw = threading.local()  # per thread: the buffers read_blocks reads into
@@ -319,7 +324,7 @@ def release(array) -> None:
     base = _map_of(array)
     if base is not None and array.nbytes:
         try:
-            start = array.__array_interface__["data"][0] - np.frombuffer(base, np.uint8, 1).ctypes.data
+            start = _offset_in(base, array)
         except (TypeError, ValueError):
             return
         if start % PAGE == 0:  # what a spill file hands out; a view further in is left alone
