@@ -114,6 +114,17 @@ def test_framework_functions_are_restored_and_a_kept_wrapper_calls_the_original(
     assert torch.equal(kept[0](t), F.gelu(t))  # not traced any more: the original runs
 
 
+def _calls_seen():
+    """(the names of the framework calls seen, a patcher's ``on_call`` that notes each and runs it)."""
+    calls = []
+
+    def on_call(name, fn, a, k):
+        calls.append(name)
+        return fn(*a, **k)
+
+    return calls, on_call
+
+
 def test_a_module_imported_after_the_first_run_has_its_aliases_traced(tmp_path, monkeypatch):
     import torch.nn.functional as F
 
@@ -126,12 +137,7 @@ def test_a_module_imported_after_the_first_run_has_its_aliases_traced(tmp_path, 
     monkeypatch.syspath_prepend(str(tmp_path))
     import late_alias_mod
 
-    calls = []
-
-    def on_call(name, fn, a, k):
-        calls.append(name)
-        return fn(*a, **k)
-
+    calls, on_call = _calls_seen()
     try:
         with api.ApiPatcher(api.api_targets(ad), on_call):
             late_alias_mod.my_gelu(torch.ones(2))
@@ -151,12 +157,7 @@ def test_a_function_asked_about_after_the_index_was_built_is_found_where_it_was_
     import uses_user_ops_mod
 
     ad = adapter_for(torch.nn.Linear(1, 1))
-    calls = []
-
-    def on_call(name, fn, a, k):
-        calls.append(name)
-        return fn(*a, **k)
-
+    calls, on_call = _calls_seen()
     try:
         with api.ApiPatcher(api.api_targets(ad), on_call):
             pass  # the index is built, user_ops_mod scanned, iou not asked about
